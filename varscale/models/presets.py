@@ -1,0 +1,61 @@
+"""Named model presets: the tokenizer and transformer shapes of a study.
+
+Plain Python (no torch) so that config validation and planning can read them.
+
+``imagenet256`` / ``imagenet512`` are the official release's shapes. The CPU presets keep
+VAR's shape rule (width = head_dim * depth, heads = depth) with a smaller head_dim so that a
+depth 1..8 family spans ~1e4..1e6 parameters, where compute-optimal models sit for the
+~1e13 FLOP budgets a 2-core laptop can spend on a cell (see docs/models.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    resolution: int
+    patch_nums: tuple[int, ...]
+    vocab_size: int  # V, one codebook shared by all scales
+    cvae: int  # Cvae, latent channels
+    ch: int  # VQVAE base channels
+    ch_mult: tuple[int, ...]  # one entry per level; downsample = 2 ** (len - 1)
+    head_dim: int = 64
+    num_classes: int = 1000
+    share_quant_resi: int = 4  # number of shared phi convs
+    quant_resi: float = 0.5  # phi(h) = (1 - r) h + r conv(h)
+    enc_res_blocks: int = 2  # decoder uses enc_res_blocks + 1
+    beta: float = 0.25
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+
+    @property
+    def seq_len(self) -> int:
+        return sum(p * p for p in self.patch_nums)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("imagenet256", 256, (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 4096, 32, 160, (1, 1, 2, 2, 4)),
+        Preset("imagenet512", 512, (1, 2, 3, 4, 6, 9, 13, 18, 24, 32), 4096, 32, 160, (1, 1, 2, 2, 4)),
+        # 32x32 images, 4x4 latent grid, L = 30 tokens
+        Preset("cpu32", 32, (1, 2, 3, 4), 512, 16, 32, (1, 2, 2, 4), head_dim=16, num_classes=10),
+        # 64x64 images, 8x8 latent grid, L = 130 tokens
+        Preset("cpu64", 64, (1, 2, 3, 4, 6, 8), 1024, 16, 32, (1, 2, 2, 4), head_dim=32, num_classes=10),
+        # tests: seconds per cell
+        Preset("tiny", 16, (1, 2), 64, 8, 16, (1, 2, 2), head_dim=8, num_classes=4),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset '{name}'; valid: {', '.join(sorted(PRESETS))}") from None
