@@ -49,7 +49,7 @@ PRESETS: dict[str, Preset] = {
         # 64x64 images, 8x8 latent grid, L = 130 tokens
         Preset("cpu64", 64, (1, 2, 3, 4, 6, 8), 1024, 16, 32, (1, 2, 2, 4), head_dim=32, num_classes=10),
         # tests: seconds per cell
-        Preset("tiny", 16, (1, 2), 64, 8, 16, (1, 2, 2), head_dim=8, num_classes=4),
+        Preset("tiny", 16, (1, 2), 64, 8, 16, (1, 1, 2, 2), head_dim=8, num_classes=4),
     ]
 }
 
