@@ -1,15 +1,23 @@
 """varscale.models: the VAR transformer, the multi-scale VQVAE, presets and FLOP counting.
 
     from varscale.models import build, load_official
-    vae, var = build("cpu32", depth=4)            # untrained; device="meta" works too
+    vae, var = build("cpu32", depth=4)            # untrained; device="meta" allocates nothing
     idx = vae.img_to_idx(img_B3HW)                 # K LongTensors (B, pn*pn)
     logits_BLV = var(label_B, vae.idx_to_var_input(idx))
+    load_official(vae, var, vae_sd, var_sd)        # official release checkpoints -> ours
+
+``build_var(preset, depth, **overrides)`` takes any ``VARConfig`` field as an override
+(e.g. ``head_dim``, ``class_dropout``, ``aln_gamma_init``, ``fused``);
+``var_overrides(model_cfg)`` turns a study's ``ModelConfig`` into those overrides.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 from .presets import PRESETS, Preset, get_preset
+
+__all__ = ["PRESETS", "Preset", "get_preset", "build", "build_vqvae", "build_var", "var_config",
+           "var_overrides", "load_official"]
 
 
 def _preset(preset: Union[str, Preset]) -> Preset:
@@ -24,3 +32,76 @@ def build_vqvae(preset: Union[str, Preset], device=None):
 
     with torch.device(device if device is not None else "cpu"):
         return VQVAE.from_preset(_preset(preset))
+
+
+def var_config(preset: Union[str, Preset], depth: int, num_classes: Optional[int] = None, **overrides):
+    """The ``VARConfig`` of VAR-``depth`` on ``preset`` (overrides: any VARConfig field)."""
+    from .var import VARConfig
+
+    return VARConfig.from_preset(_preset(preset), depth, num_classes=num_classes, **overrides)
+
+
+def build_var(preset: Union[str, Preset], depth: int, device=None, num_classes: Optional[int] = None, **overrides):
+    """An initialised VAR-``depth`` (official init; on "meta" shapes only)."""
+    import torch
+
+    from .var import VAR
+
+    cfg = var_config(preset, depth, num_classes=num_classes, **overrides)
+    with torch.device(device if device is not None else "cpu"):
+        return VAR(cfg)
+
+
+def build(preset: Union[str, Preset], depth: int, device=None, num_classes: Optional[int] = None, **var_overrides):
+    """(vae, var) for ``preset``; the VAE is untrained (load or train it separately)."""
+    return build_vqvae(preset, device), build_var(preset, depth, device, num_classes, **var_overrides)
+
+
+def var_overrides(model_cfg) -> dict:
+    """VARConfig overrides from a study's ``config.ModelConfig`` (head_dim None: the preset's)."""
+    kw = dict(class_dropout=model_cfg.class_dropout, class_dropout_in_eval=model_cfg.class_dropout_in_eval,
+              attn_l2_norm=model_cfg.attn_l2_norm, shared_aln=model_cfg.shared_aln,
+              aln_gamma_init=model_cfg.aln_gamma_init, fused=model_cfg.fused)
+    if model_cfg.head_dim is not None:
+        kw["head_dim"] = model_cfg.head_dim
+    if not model_cfg.drop_path:
+        kw["drop_path_rate"] = 0.0
+    return kw
+
+
+def _load_into(module, sd: dict, what: str):
+    import torch
+
+    ours = module.state_dict()
+    missing = sorted(set(ours) - set(sd))
+    unexpected = sorted(set(sd) - set(ours))
+    misshapen = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(ours[k].shape)}"
+                       for k in set(ours) & set(sd) if tuple(sd[k].shape) != tuple(ours[k].shape))
+    errs = []
+    if missing:
+        errs.append(f"{what}: missing keys: {', '.join(missing)}")
+    if unexpected:
+        errs.append(f"{what}: unexpected keys: {', '.join(unexpected)}")
+    if misshapen:
+        errs.append(f"{what}: misshapen keys: {'; '.join(misshapen)}")
+    if errs:
+        raise ValueError("load_official: " + "\n".join(errs))
+    if any(t.is_meta for t in ours.values()):
+        module.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()}, strict=True, assign=True)
+    else:
+        module.load_state_dict(sd, strict=True)
+
+
+def load_official(vae, var, vae_sd: Optional[dict], var_sd: Optional[dict]):
+    """Load the official release's state dicts (vae_ch160v4096z32.pth, var_d*.pth) into ours.
+
+    Names match one to one; any missing, unexpected or misshapen key raises ValueError
+    naming every such key. Either state dict may be None to skip that model. Models built on
+    the meta device receive the given tensors (``assign=True``).
+    """
+    if vae_sd is not None:
+        _load_into(vae, dict(vae_sd), "vqvae")
+        vae.quantize.record_hit = 1 if float(vae.quantize.ema_vocab_hit_SV.abs().sum()) > 0 else 0
+    if var_sd is not None:
+        _load_into(var, dict(var_sd), "var")
+    return vae, var

@@ -231,8 +231,10 @@ class VQVAE(nn.Module):
         """Images in [-1, 1] -> list of K LongTensors (B, pn*pn)."""
         return self.quantize.f_to_idx(self.encode(img_B3HW))
 
+    @torch.no_grad()
     def idx_to_var_input(self, idx_list: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Teacher-forcing input (B, L - pn0^2, Cvae) for VAR (see ``MultiScaleQuantizer.idx_to_var_input``)."""
+        """Teacher-forcing input (B, L - pn0^2, Cvae) for VAR, no grad (the VQVAE is frozen
+        while VAR trains); see ``MultiScaleQuantizer.idx_to_var_input``."""
         return self.quantize.idx_to_var_input(idx_list)
 
     def idx_to_fhat(self, idx_list: Sequence[torch.Tensor]) -> torch.Tensor:
