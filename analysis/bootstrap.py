@@ -1,0 +1,126 @@
+"""Bootstrap over whole runs, and the result object every fit returns.
+
+Resampling whole runs (not checkpoints) is what makes the intervals honest: the evaluations
+of one run share its seed, data order and learning-rate schedule, so treating them as
+independent would shrink every interval. A resample is a vector of integer weights, one per
+point, equal to how often its run was drawn; weighted fits then run batched over resamples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+CI_LEVEL = 0.95
+DEFAULT_BOOT = 1000
+
+
+def run_weights(groups: Sequence | np.ndarray | None, n: int, n_boot: int,
+                seed: int = 0) -> np.ndarray:
+    """(n_boot, n) integer weights: each row draws len(unique(groups)) runs with replacement.
+
+    ``groups=None`` treats every point as its own run.
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        inv = np.arange(n)
+        G = n
+    else:
+        _, inv = np.unique(np.asarray(groups), return_inverse=True)
+        inv = inv.reshape(-1)
+        G = int(inv.max()) + 1 if n else 0
+    counts = rng.multinomial(G, np.full(G, 1.0 / G), size=n_boot) if G else np.zeros((n_boot, 0))
+    return counts[:, inv].astype(np.float64)
+
+
+def percentile_ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0, ignoring resamples where the fit was undefined."""
+    lo = 100 * (1 - level) / 2
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            q = np.nanpercentile(samples, [lo, 100 - lo], axis=0)
+    return q[0], q[1]
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return None if not math.isfinite(v) else v
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+@dataclass
+class Fit:
+    """One fitted law: parameters (also readable as attributes: ``fit.alpha``), intervals,
+    goodness of fit and everything a reader needs to judge it."""
+
+    form: str  # "power" y=(k x)^alpha | "saturating" y=E+(x0/x)^alpha | "chinchilla" | ...
+    metric: str = ""  # e.g. "test_loss_last" or "test_loss_last - 4.51"
+    x: str = ""  # what the law is a function of: "n_params", "flops (frontier)", "N, D"
+    group: str = ""  # the slice fitted, e.g. "budget_tokens=1e+07"
+    params: dict[str, float] = field(default_factory=dict)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    n: int = 0  # points fitted
+    n_runs: int = 0  # distinct runs among them (the bootstrap's unit)
+    r: float | None = None  # Pearson r of log y on log x, where meaningful
+    n_boot: int = 0  # resamples whose fit succeeded
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        params = self.__dict__.get("params", {})
+        if name in params:
+            return params[name]
+        if name.endswith("_ci") and name[:-3] in self.__dict__.get("ci", {}):
+            return self.__dict__["ci"][name[:-3]]
+        raise AttributeError(name)
+
+    def equation(self) -> str:
+        p = self.params
+        if self.form == "power":
+            return f"y = ({p['k']:.3g} x)^{p['alpha']:.3g}"
+        if self.form == "saturating":
+            return f"y = {p['E']:.3g} + ({p['x0']:.3g}/x)^{p['alpha']:.3g}"
+        if self.form == "chinchilla":
+            return (f"L = {p['E']:.3g} + {p['A']:.4g}/N^{p['alpha']:.3g}"
+                    f" + {p['B']:.4g}/D^{p['beta']:.3g}")
+        return ", ".join(f"{k}={v:.3g}" for k, v in p.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean({
+            "form": self.form, "metric": self.metric, "x": self.x, "group": self.group,
+            "equation": self.equation(), "params": self.params,
+            "ci": {k: list(v) for k, v in self.ci.items()}, "ci_level": CI_LEVEL,
+            "n": self.n, "n_runs": self.n_runs, "r": self.r, "n_boot": self.n_boot,
+            "warnings": self.warnings, "extra": self.extra,
+        })
+
+    def __repr__(self) -> str:
+        ps = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
+        r = f", r={self.r:.4f}" if self.r is not None else ""
+        w = f", warnings={self.warnings}" if self.warnings else ""
+        return f"Fit({self.form}, {self.metric or 'y'} vs {self.x or 'x'}: {ps}{r}, n={self.n}{w})"
+
+
+def attach_ci(fit: Fit, names: Sequence[str], samples: np.ndarray, level: float = CI_LEVEL) -> None:
+    """Store percentile intervals of bootstrap ``samples`` (n_boot, len(names)) on ``fit``."""
+    ok = np.isfinite(samples).all(1)
+    fit.n_boot = int(ok.sum())
+    if fit.n_boot == 0:
+        return
+    lo, hi = percentile_ci(samples[ok], level)
+    for i, nm in enumerate(names):
+        fit.ci[nm] = (float(lo[i]), float(hi[i]))
+    if ok.mean() < 0.9:
+        fit.warnings.append(f"only {ok.sum()} of {len(ok)} bootstrap resamples gave a fit")
