@@ -1,0 +1,319 @@
+"""``varscale plan <study-dir>``: the cells of a study and what they will cost, before anything runs.
+
+Validates the study file, expands it into cells (``varscale.cell.plan_cells``: depths x
+budgets x seeds, ``budgets.depths_per_budget`` honoured) and prints one line per cell: run
+id, depth, parameters, budget, steps, tokens, evaluations and estimated time. Infeasible
+cells (a budget too small for the first evaluation) are errors here, all listed at once.
+
+It also prices both ways of getting many budgets per depth:
+  independent  one run per (depth, budget), each with the full schedule: cost = the sum
+  wsd          one warmup-stable run per depth, plus a short decay (``wsd_decay_frac`` of
+               each budget's steps) branched from its checkpoint per budget:
+               cost ~ largest budget x (1 + decay_frac x (n_budgets - 1))
+
+Time estimates use, in order: throughput measured by this study's own cells (status.json),
+``--flops-per-s``, or a rough guess from this machine's matmul peak (CPU) or a nominal
+GPU rate; the source is printed. Planning needs neither the dataset nor the tokenizer
+checkpoint to exist, so a cluster study can be checked on a laptop.
+
+Writes ``plan.json`` into the study folder (``--no-write`` to skip).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from varscale.config import ConfigError, StudyConfig, load_study
+from varscale.schema import StudyLayout, atomic_write_json, read_json
+
+ASSUMED_CPU_MFU = 0.25  # of the matmul peak; small models on CPU reach about this or less
+# per GPU, calibrated on the official VAR-d16 run (200 epochs, 2.5 days on 16 A100s, VAR
+# issue #26): about 22% of an A100's bf16 peak, all overheads included
+ASSUMED_GPU_FLOPS = 7e13
+# per cell on CPU, where small models are overhead-bound: process start + DeepSpeed set-up,
+# and a fixed cost per optimizer step
+GUESS_STARTUP_S = 8.0
+GUESS_STEP_S = 0.004
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def _param_counts_analytic(preset: Any, depth: int, head_dim: int, num_classes: int,
+                           attn_l2_norm: bool = True, shared_aln: bool = False) -> dict:
+    """VAR's parameter count from its shapes (matches the official d16: 310,283,520)."""
+    C, H, L, K = head_dim * depth, depth, preset.seq_len, len(preset.patch_nums)
+    per_block = 18 * C * C + 14 * C + (H if attn_l2_norm else 0)
+    if shared_aln:  # the 6C x C AdaLN linear is shared; each block keeps a (6, C) table
+        per_block -= 6 * C * C + 6 * C - 6 * C
+    blocks = depth * per_block + ((6 * C * C + 6 * C) if shared_aln else 0)
+    emb = C * (num_classes + 1) + C + L * C + K * C  # class table, pos_start, pos_1LC, lvl_embed
+    other = preset.cvae * C + C + (2 * C * C + 2 * C) + (preset.vocab_size * C + preset.vocab_size)
+    n = blocks + emb + other
+    return dict(n_params=n, n_params_blocks=blocks, n_params_nonembedding=n - emb)
+
+
+def param_counts(cell: Any) -> dict:
+    """Exact counts from the model built on the meta device (no memory), else from shapes."""
+    try:
+        import torch
+
+        from varscale.cell import var_config
+        from varscale.models.var import VAR
+
+        with torch.device("meta"):
+            m = VAR(var_config(cell.preset, cell.depth, cell.model, cell.num_classes))
+        return m.param_counts()
+    except Exception:  # noqa: BLE001 - a plan must not fail on a model-building detail
+        from varscale.models.presets import get_preset
+
+        p = get_preset(cell.preset)
+        return _param_counts_analytic(p, cell.depth, cell.model.get("head_dim") or p.head_dim, cell.num_classes,
+                                      cell.model.get("attn_l2_norm", True), cell.model.get("shared_aln", False))
+
+
+# --------------------------------------------------------------------------- costs
+
+
+def cell_cost(c: Any) -> float:
+    """Training FLOPs this cell itself spends (a WSD branch only pays for its decay)."""
+    steps = c.decay_steps if getattr(c, "branch_from", None) else c.total_steps
+    return float(steps) * float(c.flops_per_step)
+
+
+def design_costs(cfg: StudyConfig, study_dir: Path, cells: list[Any]) -> dict[str, float]:
+    """Total training FLOPs of the study under each design (its own and the other)."""
+    from varscale.cell import plan_cells
+
+    out = {cfg.budgets.design: sum(cell_cost(c) for c in cells)}
+    other = "wsd" if cfg.budgets.design == "independent" else "independent"
+    alt = dataclasses.replace(cfg, budgets=dataclasses.replace(cfg.budgets, design=other))
+    try:
+        out[other] = sum(cell_cost(c) for c in plan_cells(alt, study_dir))
+    except Exception:  # noqa: BLE001 - the other design may be infeasible; say nothing about it
+        pass
+    return out
+
+
+def wsd_formula(cfg: StudyConfig, cells: list[Any]) -> float:
+    """The closed form: per (depth, seed), largest budget x (1 + f x (n_budgets - 1))."""
+    f = cfg.budgets.wsd_decay_frac
+    groups: dict[tuple, list[float]] = {}
+    for c in cells:
+        if getattr(c, "schedule", "") == "wsd" and not getattr(c, "branch_from", None):
+            continue  # the stable run itself
+        groups.setdefault((c.depth, c.seed), []).append(float(c.total_steps * c.flops_per_step))
+    return sum(max(v) * (1 + f * (len(v) - 1)) for v in groups.values())
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def measured_rates(layout: StudyLayout) -> dict[int, float]:
+    """Training FLOP/s per depth measured by this study's cells (from status.json)."""
+    rates: dict[int, list[float]] = {}
+    if not layout.cells_dir.is_dir():
+        return {}
+    for d in layout.cells_dir.iterdir():
+        st = read_json(d / "status.json", {}) or {}
+        cfg = read_json(d / "config.json", {}) or {}
+        tps = st.get("tokens_per_s")
+        if not tps or not cfg.get("depth") or not cfg.get("seq_len"):
+            continue
+        fpt = float(cfg["flops_per_image"]) / float(cfg["seq_len"])
+        rates.setdefault(int(cfg["depth"]), []).append(float(tps) * fpt)
+    return {k: sum(v) / len(v) for k, v in rates.items()}
+
+
+def guessed_rate(cfg: StudyConfig, threads: int) -> tuple[float, str]:
+    """A FLOP/s guess for one cell when nothing was measured yet."""
+    dev = cfg.execution.device
+    gpus = max(cfg.execution.slurm.gpus_per_node, 0) if cfg.execution.executor == "slurm" else 0
+    if dev == "cuda" or gpus:
+        n = max(cfg.execution.nproc_per_node, 1) * max(cfg.execution.slurm.nodes if cfg.execution.executor == "slurm" else 1, 1)
+        return ASSUMED_GPU_FLOPS * n, f"assumed {ASSUMED_GPU_FLOPS:.2g} FLOP/s per GPU x {n}"
+    try:
+        import torch
+
+        if dev == "auto" and torch.cuda.is_available():
+            return ASSUMED_GPU_FLOPS, f"assumed {ASSUMED_GPU_FLOPS:.2g} FLOP/s per GPU"
+        from varscale.train.peak import peak_flops
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            dtype = "bf16" if cfg.training.precision == "bf16" else "fp32"
+            peak = peak_flops("cpu", dtype, threads)
+        finally:
+            torch.set_num_threads(old)
+        return peak * ASSUMED_CPU_MFU, (f"guessed: {ASSUMED_CPU_MFU:.0%} of this CPU's measured matmul peak "
+                                        f"{peak:.3g} FLOP/s ({threads} thread(s))")
+    except Exception:  # noqa: BLE001
+        return 1e10, "guessed 1e10 FLOP/s"
+
+
+def _fmt_time(s: Optional[float]) -> str:
+    if s is None or not math.isfinite(s):
+        return "?"
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.0f}m"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def _fmt_n(n: float) -> str:
+    for unit, k in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= k:
+            return f"{n / k:.3g}{unit}"
+    return str(int(n))
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def build_plan(cfg: StudyConfig, layout: StudyLayout, cells: list[Any],
+               flops_per_s: Optional[float] = None, threads: Optional[int] = None) -> dict:
+    """Everything ``plan`` prints, as plain data (also what plan.json holds)."""
+    ex = cfg.execution
+    parallel = max(ex.parallel, 1)
+    threads = threads or ex.threads or max(1, (os.cpu_count() or 1) // parallel)
+    measured = measured_rates(layout)
+    guessed_cpu = False
+    if flops_per_s:
+        default_rate, source = float(flops_per_s), f"given: {flops_per_s:.3g} FLOP/s per cell"
+    elif measured:
+        default_rate = sum(measured.values()) / len(measured)
+        source = "measured by this study's cells (status.json), per depth where known"
+    else:
+        default_rate, source = guessed_rate(cfg, threads)
+        guessed_cpu = "CPU" in source
+        if guessed_cpu:
+            source += f", plus {GUESS_STARTUP_S:g} s start-up and {GUESS_STEP_S * 1e3:g} ms per step"
+    counts: dict[int, dict] = {}
+    rows = []
+    for c in cells:
+        if c.depth not in counts:
+            counts[c.depth] = param_counts(c)
+        rate = measured.get(c.depth, default_rate) if not flops_per_s else default_rate
+        cost = cell_cost(c)
+        est = cost / rate if rate > 0 else None
+        if est is not None and guessed_cpu and c.depth not in measured:
+            est += GUESS_STARTUP_S + GUESS_STEP_S * (cost / c.flops_per_step)
+        rows.append({
+            "run_id": c.run_id, "depth": c.depth, "seed": c.seed, **counts[c.depth],
+            "budget_unit": c.budget_unit, "budget_value": c.budget_value,
+            "budget_flops": c.budget_flops, "budget_tokens": c.budget_tokens,
+            "flops_per_step": c.flops_per_step, "total_steps": c.total_steps,
+            "tokens": c.total_steps * c.batch_size * c.seq_len, "eval_steps": list(c.eval_steps),
+            "schedule": getattr(c, "schedule", "lin0"), "branch_from": getattr(c, "branch_from", None),
+            "decay_steps": getattr(c, "decay_steps", 0), "cost_flops": cost,
+            "est_seconds": est,
+        })
+    costs = design_costs(cfg, layout.root, cells)
+    total_s = sum(r["est_seconds"] or 0.0 for r in rows)
+    return {
+        "study": cfg.name, "config_hash": cfg.hash(), "design": cfg.budgets.design,
+        "budget_unit": cfg.budgets.unit, "budgets": cfg.budget_values(), "depths": list(cfg.model.depths),
+        "seeds": list(cfg.seeds), "cells": rows,
+        "totals": {"cells": len(rows), "flops": sum(r["cost_flops"] for r in rows),
+                   "est_seconds_serial": total_s, "parallel": parallel,
+                   "est_seconds_wall": total_s / parallel if ex.executor != "slurm" else
+                   max((r["est_seconds"] or 0.0 for r in rows), default=0.0)},
+        "design_costs": costs, "wsd_formula_flops": wsd_formula(cfg, cells),
+        "throughput_source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_plan(layout: StudyLayout, cfg: StudyConfig, cells: list[Any], plan: Optional[dict] = None) -> dict:
+    """Write plan.json (the launcher calls this with a cheap plan: no throughput guess)."""
+    if plan is None:
+        plan = {
+            "study": cfg.name, "config_hash": cfg.hash(), "design": cfg.budgets.design,
+            "cells": [{"run_id": c.run_id, "depth": c.depth, "seed": c.seed, "budget_flops": c.budget_flops,
+                       "budget_tokens": c.budget_tokens, "total_steps": c.total_steps,
+                       "flops_per_step": c.flops_per_step, "cost_flops": cell_cost(c),
+                       "branch_from": getattr(c, "branch_from", None)} for c in cells],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    atomic_write_json(layout.plan_json, plan)
+    return plan
+
+
+def format_plan(plan: dict) -> str:
+    head = ("run_id", "depth", "params", "budget", "steps", "tokens", "evals", "est.time")
+    rows = [head]
+    for r in plan["cells"]:
+        unit = "tok" if r["budget_unit"] == "tokens" else "FLOP"
+        budget = f"{r['budget_value']:.3g} {unit}"
+        if r.get("branch_from"):
+            budget += f" (decay {r['decay_steps']})"
+        elif r.get("schedule") == "wsd":
+            budget = f"stable {r['cost_flops']:.3g} FLOP"
+        rows.append((r["run_id"], str(r["depth"]), _fmt_n(r["n_params"]), budget, str(r["total_steps"]),
+                     f"{r['tokens']:.3g}", str(len(r["eval_steps"])), _fmt_time(r["est_seconds"])))
+    w = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(x.rjust(w[i]) if 0 < i else x.ljust(w[i]) for i, x in enumerate(row)) for row in rows]
+    t = plan["totals"]
+    lines.append("")
+    lines.append(f"{t['cells']} cells, {t['flops']:.3g} training FLOPs; est. {_fmt_time(t['est_seconds_serial'])} "
+                 f"of compute, {_fmt_time(t['est_seconds_wall'])} wall at {t['parallel']} cell(s) at a time "
+                 f"(throughput {plan['throughput_source']})")
+    costs = plan["design_costs"]
+    ind, wsd = costs.get("independent"), costs.get("wsd")
+    parts = []
+    if ind is not None:
+        parts.append(f"independent runs {ind:.3g} FLOPs")
+    if wsd is not None:
+        rel = f" ({wsd / ind:.2f}x)" if ind else ""
+        parts.append(f"warmup-stable-decay {wsd:.3g} FLOPs{rel}")
+    lines.append("designs: " + "; ".join(parts) + f"  [this study: {plan['design']}]")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="varscale plan", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("study", help="study folder (with study.yaml) or a yaml file")
+    ap.add_argument("--flops-per-s", type=float, help="FLOP/s of one cell, for the time estimate")
+    ap.add_argument("--threads", type=int, help="threads per cell for the CPU estimate")
+    ap.add_argument("--no-write", action="store_true", help="do not write plan.json")
+    ap.add_argument("--json", action="store_true", help="print the plan as JSON")
+    a = ap.parse_args(argv)
+    try:
+        cfg = load_study(a.study)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    from varscale.cell import PlanError, plan_cells
+    from varscale.config import study_file
+
+    layout = StudyLayout.of(study_file(a.study).parent)
+    try:
+        cells = plan_cells(cfg, layout.root)
+    except PlanError as e:
+        print(f"varscale plan: {e}", file=sys.stderr)
+        return 2
+    plan = build_plan(cfg, layout, cells, a.flops_per_s, a.threads)
+    if not a.no_write:
+        write_plan(layout, cfg, cells, plan)
+    if a.json:
+        import json
+
+        print(json.dumps(plan, indent=1, default=str))
+    else:
+        print(f"study {cfg.name} ({layout.root}): preset {cfg.model.preset}, depths {list(cfg.model.depths)}, "
+              f"{len(plan['budgets'])} budget(s) in {cfg.budgets.unit}, seeds {list(cfg.seeds)}, design {cfg.budgets.design}")
+        print(format_plan(plan))
+        if not a.no_write:
+            print(f"wrote {layout.plan_json}")
+    return 0

@@ -1,0 +1,178 @@
+"""``varscale status <study-dir>``: one line per cell (state, progress, loss, speed), totals.
+
+Reads only the study folder (``plan.json``, ``cells/*/{config,status}.json``, ``DONE``,
+``LOCK``), never imports torch, so it answers instantly and works on a login node while a
+grid runs elsewhere.
+
+A cell's state, from its folder:
+  done      DONE exists (and status.json does not say diverged)
+  diverged  the trainer stopped it on a non-finite / exploding loss; terminal, not retried
+  running   LOCK is held by a live process (same host), or a fresh heartbeat (other host)
+  failed    status.json says failed, or a traceback.txt is left; retried by the next run
+  pending   anything else; ``step`` > 0 means it resumes from its last checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from varscale.grid.lock import FileLock, describe
+from varscale.schema import CellLayout, StudyLayout, read_json
+
+STATES = ("pending", "running", "done", "failed", "diverged")
+
+
+@dataclass
+class CellState:
+    run_id: str
+    state: str
+    step: int = 0
+    total_steps: Optional[int] = None
+    depth: Optional[int] = None
+    seed: Optional[int] = None
+    budget_flops: Optional[float] = None
+    test_loss: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    owner: Optional[dict] = None
+    note: str = ""
+    status: dict = field(default_factory=dict)
+
+    @property
+    def flops_done(self) -> float:
+        """Training FLOPs spent so far, from the step count (budget pro rata)."""
+        if self.state in ("done", "diverged") and self.status.get("flops"):
+            return float(self.status["flops"])
+        if not self.budget_flops or not self.total_steps:
+            return 0.0
+        if self.state == "done":
+            return float(self.budget_flops)
+        return float(self.budget_flops) * min(self.step, self.total_steps) / self.total_steps
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1].strip()[:100] if lines else ""
+
+
+def cell_state(cell: CellLayout, planned: Optional[dict] = None) -> CellState:
+    """The state of one cell, read from its folder (``planned``: its plan.json entry)."""
+    planned = planned or {}
+    cfg = read_json(cell.config_json, {}) or {}
+    st = read_json(cell.status_json, {}) or {}
+    if not isinstance(st, dict):
+        st = {}
+    s = st.get("state")
+    lock = FileLock(cell.lock)
+    owner = lock.held_by_other() if cell.lock.exists() else None
+    if s == "diverged":
+        state = "diverged"
+    elif cell.done.exists():
+        state = "done"
+    elif owner is not None:
+        state = "running"
+    elif s == "failed" or cell.traceback.exists():
+        state = "failed"
+    else:
+        state = "pending"
+
+    def pick(key: str) -> Any:
+        for d in (st, cfg, planned):
+            if d.get(key) is not None:
+                return d[key]
+        return None
+
+    c = CellState(
+        run_id=cell.run_id,
+        state=state,
+        step=int(st.get("step") or 0),
+        total_steps=pick("total_steps"),
+        depth=pick("depth"),
+        seed=pick("seed"),
+        budget_flops=pick("budget_flops"),
+        test_loss=st.get("last_test_loss_avg", st.get("test_loss_avg")),
+        tokens_per_s=st.get("tokens_per_s"),
+        owner=owner,
+        status=st,
+    )
+    if state == "done" and c.total_steps and not c.step:
+        c.step = int(c.total_steps)
+    if state == "running":
+        c.note = describe(owner)
+    elif state == "failed":
+        c.note = _last_line(cell.traceback) or str(st.get("message", ""))[:100]
+    elif state == "diverged":
+        c.note = f"diverged at step {st.get('diverged_step', st.get('step', '?'))}"
+    elif state == "pending" and c.step > 0:
+        c.note = f"interrupted; resumes from its last checkpoint (step <= {c.step})"
+    return c
+
+
+def study_cells(study_dir: str | Path) -> list[CellState]:
+    """Every cell of the study: those in plan.json (in plan order), then any other folders."""
+    lay = StudyLayout.of(study_dir)
+    plan = read_json(lay.plan_json, {}) or {}
+    planned = {c["run_id"]: c for c in plan.get("cells", [])}
+    ids = list(planned)
+    if lay.cells_dir.is_dir():
+        ids += sorted(p.name for p in lay.cells_dir.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and p.name not in planned)
+    return [cell_state(lay.cell(r), planned.get(r)) for r in ids]
+
+
+def _fmt_num(x: Optional[float], spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_table(cells: list[CellState]) -> str:
+    rows = [("run_id", "state", "step/total", "test_loss", "tok/s", "note")]
+    for c in cells:
+        total = "?" if c.total_steps is None else str(c.total_steps)
+        rows.append((c.run_id, c.state, f"{c.step}/{total}", _fmt_num(c.test_loss, ".4f"),
+                     _fmt_num(c.tokens_per_s, ".3g"), c.note))
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    out = ["  ".join(r[i].ljust(w[i]) for i in range(5)) + ("  " + r[5] if r[5] else "") for r in rows]
+    return "\n".join(line.rstrip() for line in out)
+
+
+def totals(cells: list[CellState]) -> dict:
+    counts = {s: sum(c.state == s for c in cells) for s in STATES}
+    planned = sum(c.budget_flops or 0.0 for c in cells)
+    spent = sum(c.flops_done for c in cells)
+    return {"cells": len(cells), **counts, "flops_planned": planned, "flops_spent": spent}
+
+
+def format_totals(t: dict) -> str:
+    parts = [f"{t[s]} {s}" for s in STATES if t[s]]
+    frac = f" ({100 * t['flops_spent'] / t['flops_planned']:.0f}% of planned FLOPs)" if t["flops_planned"] else ""
+    return f"{t['cells']} cells: " + (", ".join(parts) or "none") + frac
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="varscale status", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("study", help="study folder")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    a = ap.parse_args(argv)
+    lay = StudyLayout.of(a.study)
+    if not lay.root.is_dir():
+        print(f"varscale status: no study folder {a.study}", file=sys.stderr)
+        return 2
+    cells = study_cells(a.study)
+    t = totals(cells)
+    if a.json:
+        print(json.dumps({"cells": [{k: v for k, v in c.__dict__.items() if k != "status"} for c in cells],
+                          "totals": t}, indent=1, default=str))
+        return 0
+    if not cells:
+        print(f"{a.study}: no cells planned yet (run 'varscale plan {a.study}')")
+        return 0
+    print(format_table(cells))
+    print(format_totals(t))
+    return 0
