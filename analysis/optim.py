@@ -104,11 +104,12 @@ def minimize_batched(fg: FG, x0: np.ndarray, maxiter: int = 1000, m: int = 10,
         s = x_new - xa
         yv = g_new - ga
         sy = _dot(s, yv)
-        valid = ok & (sy > 1e-12 * np.sqrt(_dot(s, s) * _dot(yv, yv)) + 1e-300)
+        yy = _dot(yv, yv)
+        valid = ok & (yy > 0) & (sy > 1e-12 * np.sqrt(_dot(s, s) * yy) + 1e-300)
         S[slot, a] = np.where(valid[:, None], s, 0.0)
         Y[slot, a] = np.where(valid[:, None], yv, 0.0)
         rho[slot, a] = np.where(valid, 1.0 / np.where(valid, sy, 1.0), 0.0)
-        gamma[a[valid]] = sy[valid] / _dot(yv[valid], yv[valid])
+        gamma[a[valid]] = sy[valid] / yy[valid]
         has_hist[a[valid]] = True
         slot = (slot + 1) % m
         x[a], f[a], g[a] = x_new, f_new, g_new

@@ -1,0 +1,185 @@
+"""Read a study folder into tidy pandas tables; works while cells are still running.
+
+``load(study_dir)`` returns every evaluation row of every cell (``METRICS_SCHEMA`` columns,
+read with a unified schema so a column added later is kept) joined with what the cell
+folder says about the run: its state from ``status.json`` and its run record when the cell
+has finished. ``final_rows`` picks each run's last evaluation; ``floors`` reads the
+ground-truth token entropies that the paper subtracts to get the reducible loss.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from varscale.schema import StudyLayout, read_json, read_parts
+
+METRICS = ("test_loss_last", "test_loss_avg", "test_err_last", "test_err_avg")
+LOSSES = ("test_loss_last", "test_loss_avg")
+
+
+def _cell_dirs(layout: StudyLayout) -> list[Path]:
+    if not layout.cells_dir.is_dir():
+        return []
+    return sorted(p for p in layout.cells_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def cells(study_dir) -> pd.DataFrame:
+    """One row per cell folder: run_id, state (status.json; 'pending' if absent), the
+    status.json fields, and the run record's columns (prefixed ``record_``) when present."""
+    layout = StudyLayout.of(study_dir)
+    rows = []
+    for d in _cell_dirs(layout):
+        cl = layout.cell(d.name)
+        st = read_json(cl.status_json, default=None) or {}
+        row = {"run_id": d.name, "state": st.get("state", "done" if cl.done.exists() else "pending")}
+        for k, v in st.items():
+            if k != "state" and (v is None or isinstance(v, (str, int, float, bool))):
+                row["status_" + k] = v
+        if cl.record.exists():
+            try:
+                rec = read_parts([cl.record]).to_pandas()
+                if len(rec):
+                    for k, v in rec.iloc[-1].items():
+                        if k not in ("run_id",):
+                            row["record_" + k] = v
+            except Exception as e:  # a torn or foreign file should not stop the analysis
+                warnings.warn(f"{cl.record}: unreadable run record ({e})")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "state"])
+
+
+def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Every evaluation row of every cell, sorted by run and step, with columns
+    ``state`` (the cell's state now) and ``is_final`` (this row is the run's last
+    evaluation of a finished run: step == total_steps or the cell is done).
+
+    ``states`` keeps only cells in those states (e.g. ``("done",)``); default: all.
+    A cell with no metrics yet contributes no rows; an unreadable part is skipped with a
+    warning (a cell being written is never torn: parts are renamed into place).
+    """
+    layout = StudyLayout.of(study_dir)
+    if not layout.root.is_dir():
+        raise FileNotFoundError(f"no study folder at {layout.root}")
+    parts = []
+    for d in _cell_dirs(layout):
+        for p in sorted((d / "metrics").glob("part-*.parquet")):
+            parts.append(p)
+    try:
+        table = read_parts(parts)
+    except Exception:  # find the bad part(s) only when there is one
+        import pyarrow.parquet as pq
+
+        good = []
+        for p in parts:
+            try:
+                pq.read_metadata(p)
+                good.append(p)
+            except Exception as e:
+                warnings.warn(f"{p}: unreadable metrics part skipped ({e})")
+        table = read_parts(good)
+    df = table.to_pandas()
+    if "step" in df.columns and len(df):
+        df = df.sort_values(["run_id", "step"], kind="stable")
+        df = df.drop_duplicates(["run_id", "step"], keep="last").reset_index(drop=True)
+    info = cells(study_dir)
+    if len(info):
+        df = df.merge(info[["run_id", "state"]], on="run_id", how="left")
+    else:
+        df["state"] = pd.Series(dtype=str)
+    df["state"] = df["state"].fillna("running")
+    if len(df):
+        last = df.groupby("run_id")["step"].transform("max") == df["step"]
+        finished = (df["step"] >= df["total_steps"].fillna(np.inf)) | (df["state"] == "done")
+        df["is_final"] = last & finished & (df["state"] != "diverged")
+    else:
+        df["is_final"] = pd.Series(dtype=bool)
+    df["budget"] = budget_values(df, study_dir) if len(df) else pd.Series(dtype=float)
+    if states is not None:
+        df = df[df["state"].isin(states)].reset_index(drop=True)
+    df.attrs["budget_axis"] = budget_axis(df, study_dir)
+    df.attrs["study_dir"] = str(layout.root)
+    return df
+
+
+def final_rows(df: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
+    """Each run's last evaluation (one row per run_id). ``finished_only``: only runs that
+    reached their last step and did not diverge (what the laws vs N use)."""
+    if not len(df):
+        return df.copy()
+    if finished_only:
+        out = df[df["is_final"]]
+    else:
+        out = df.loc[df.groupby("run_id")["step"].idxmax()]
+    out = out.reset_index(drop=True)
+    out.attrs.update(df.attrs)
+    return out
+
+
+def budget_axis(df: pd.DataFrame, study_dir=None) -> str:
+    """'budget_flops' or 'budget_tokens': what the study's budgets are written in.
+
+    From ``study.yaml`` when it loads; otherwise the column with fewer distinct values
+    (a tokens budget gives every depth the same token count but different FLOPs).
+    """
+    if study_dir is not None:
+        try:
+            from varscale.config import load_study
+
+            cfg = load_study(study_dir)
+            return "budget_tokens" if cfg.budgets.unit == "tokens" else "budget_flops"
+        except Exception:
+            pass
+    if not len(df) or "budget_tokens" not in df or df["budget_tokens"].isna().all():
+        return "budget_flops"
+    nf = df["budget_flops"].round(6).nunique() if "budget_flops" in df else 10**9
+    nt = df["budget_tokens"].nunique()
+    return "budget_tokens" if nt < nf else "budget_flops"
+
+
+def budget_values(df: pd.DataFrame, study_dir=None) -> pd.Series:
+    return df[budget_axis(df, study_dir)].astype(float)
+
+
+def floors(study_dir) -> dict:
+    """Token-entropy floors from ``tokens/meta.json``: {"test_loss_last": ..,
+    "test_loss_avg": .., "by_scale": [..]} (nats); {} when the cache has no meta."""
+    meta = read_json(StudyLayout.of(study_dir).tokens_dir / "meta.json", default=None)
+    if not meta:
+        return {}
+    out = {}
+    if meta.get("entropy_last") is not None:
+        out["test_loss_last"] = float(meta["entropy_last"])
+    if meta.get("entropy_avg") is not None:
+        out["test_loss_avg"] = float(meta["entropy_avg"])
+    if meta.get("entropy_by_scale") is not None:
+        out["by_scale"] = [float(v) for v in meta["entropy_by_scale"]]
+    return out
+
+
+def load_quality(study_dir) -> pd.DataFrame | None:
+    """Sample-quality rows (``quality/part-*.parquet``) when another stage wrote them."""
+    qd = StudyLayout.of(study_dir).root / "quality"
+    parts = sorted(qd.glob("part-*.parquet")) if qd.is_dir() else []
+    if not parts:
+        return None
+    return read_parts(parts).to_pandas()
+
+
+def sample_images(study_dir) -> pd.DataFrame:
+    """Sample grids ``samples/<run_id>/step-XXXXXXXX.png`` as rows (run_id, step, path)."""
+    sd = StudyLayout.of(study_dir).root / "samples"
+    rows = []
+    if sd.is_dir():
+        for p in sorted(sd.glob("*/step-*.png")):
+            try:
+                rows.append({"run_id": p.parent.name, "step": int(p.stem.split("-", 1)[1]), "path": str(p)})
+            except ValueError:
+                continue
+    return pd.DataFrame(rows, columns=["run_id", "step", "path"])
+
+
+__all__ = ["load", "cells", "final_rows", "floors", "budget_axis", "load_quality",
+           "sample_images", "METRICS", "LOSSES"]

@@ -1,0 +1,237 @@
+"""``varscale fit <study-dir>``: every scaling law of a study, as a table and as files.
+
+Fits (each with 95% bootstrap intervals over whole runs, n, and warnings):
+- per budget (or token count), each finished run's final evaluation vs N: VAR's power law
+  for L_last, L_avg, Err_last, Err_avg; the reducible losses (minus the token-entropy floor);
+  the saturating form for the losses when there are at least 4 sizes;
+- on the compute frontier of all evaluations of all cells: the same metrics vs C_min;
+- Chinchilla's Approach 3 on the final evaluations when N and D both vary;
+- Approach 2 (IsoFLOP parabolas) for FLOP budgets with at least 3 depths;
+- extrapolation checks: fit without the largest model, predict it.
+Writes ``report/fits.json`` (everything) and ``report/fits.md`` (the table).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
+
+from .bootstrap import DEFAULT_BOOT, Fit
+from .chinchilla import fit_chinchilla, isoflop
+from .frontier import fit_frontier
+from .load import LOSSES, METRICS, cells, final_rows, floors, load
+from .powerlaw import extrapolation_check, fit_power_law, fit_saturating
+
+SHORT = {"test_loss_last": "L_last", "test_loss_avg": "L_avg", "test_err_last": "Err_last",
+         "test_err_avg": "Err_avg"}
+
+
+def _short(metric: str) -> str:
+    for k, v in SHORT.items():
+        metric = metric.replace(k, v)
+    return metric
+
+
+def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: float | None = None,
+              floor_avg: float | None = None, use_floor: bool = True, x_col: str = "n_params",
+              c_col: str = "flops", chinchilla_boot: int | None = None) -> dict:
+    """Fit every law the study's cells allow; returns a JSON-ready dict (see module doc)."""
+    df = load(study_dir)
+    axis = df.attrs.get("budget_axis", "budget_flops")
+    fl = floors(study_dir) if use_floor else {}
+    if floor_last is not None:
+        fl["test_loss_last"] = float(floor_last)
+    if floor_avg is not None:
+        fl["test_loss_avg"] = float(floor_avg)
+    info = cells(study_dir)
+    states = info["state"].value_counts().to_dict() if len(info) else {}
+    out: dict = {"study": str(study_dir), "cells": len(info), "states": states, "rows": len(df),
+                 "budget_axis": axis, "x": x_col, "compute": c_col,
+                 "floors": {k: v for k, v in fl.items() if k in LOSSES},
+                 "floor_source": "hand" if (floor_last is not None or floor_avg is not None)
+                 else ("tokens/meta.json" if fl else "none"),
+                 "n_boot": n_boot, "fits": [], "extrapolation": [], "isoflop": [], "notes": []}
+    if not len(df):
+        out["notes"].append("no evaluations yet")
+        return out
+    fr = final_rows(df)
+    unfinished = df["run_id"].nunique() - fr["run_id"].nunique()
+    if unfinished:
+        out["notes"].append(f"{unfinished} run(s) not finished (running, failed or diverged): "
+                            "left out of the laws vs N, their evaluations still count on the frontier")
+    fits: list[Fit] = []
+    # --- per budget, final evaluations vs N
+    for budget, g in fr.groupby("budget"):
+        label = f"{axis}={budget:.3g}"
+        sizes = g[x_col].nunique()
+        if sizes < 2:
+            out["notes"].append(f"{label}: {sizes} size(s) finished, no law vs N")
+            continue
+        for m in METRICS:
+            y = g[m].to_numpy(float)
+            kw = dict(groups=g["run_id"], n_boot=n_boot, seed=seed, xname=x_col, group=label)
+            fits.append(fit_power_law(g[x_col], y, metric=m, **kw))
+            if m in fl:
+                fits.append(fit_power_law(g[x_col], y - fl[m], metric=f"{m} - {fl[m]:.4g}", **kw))
+            if m in LOSSES and sizes >= 4:
+                fits.append(fit_saturating(g[x_col], y, metric=m, **kw))
+            if sizes >= 3:
+                yy, mm = (y - fl[m], f"{m} - {fl[m]:.4g}") if m in fl else (y, m)
+                out["extrapolation"].append(extrapolation_check(g[x_col], yy, "power", g["run_id"],
+                                                                mm, x_col, label))
+                if m in LOSSES and sizes >= 5:
+                    out["extrapolation"].append(extrapolation_check(g[x_col], y, "saturating",
+                                                                    g["run_id"], m, x_col, label))
+    # --- compute frontier over every evaluation of every cell
+    for m in METRICS:
+        fits.append(fit_frontier(df, x=c_col, y=m, n_boot=n_boot, seed=seed))
+        if m in fl:
+            fits.append(fit_frontier(df, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed))
+    # --- Chinchilla Approach 3 on final evaluations
+    if fr[x_col].nunique() >= 2 and fr["tokens_seen"].nunique() >= 2 and len(fr) >= 6:
+        nb = n_boot if chinchilla_boot is None else chinchilla_boot
+        for m in LOSSES:
+            fits.append(fit_chinchilla(fr[x_col], fr["tokens_seen"], fr[m], groups=fr["run_id"],
+                                       n_boot=nb, seed=seed, metric=m, group="final evaluations"))
+    else:
+        out["notes"].append("Approach 3 needs >= 6 finished runs with both N and D varying")
+    # --- Approach 2 for FLOP budgets with several depths
+    if axis == "budget_flops" and (fr.groupby("budget")[x_col].nunique() >= 3).sum() >= 2:
+        for m in LOSSES:
+            res = isoflop(fr[x_col], fr[c_col], fr[m], budgets=fr["budget"], groups=fr["run_id"],
+                          n_boot=n_boot, seed=seed, metric=m)
+            entry = {"metric": m, "parabolas": res["parabolas"], "warning": res.get("warning")}
+            for key in ("N_opt", "D_opt"):
+                if key in res:
+                    f = res[key]
+                    f.group = m
+                    fits.append(f)
+            out["isoflop"].append(entry)
+    out["fits"] = [f.to_dict() for f in fits]
+    return out
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _num(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "nan"
+    return f"{v:.4g}"
+
+
+def _params_str(f: dict) -> str:
+    parts = []
+    for k, v in f["params"].items():
+        if k in ("b", "a_opt", "b_opt"):
+            continue
+        ci = f["ci"].get(k)
+        parts.append(f"{k}={_num(v)}" + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else ""))
+    return "  ".join(parts)
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for f in report["fits"]:
+        rows.append([f["form"], _short(f["metric"]), f["x"], f["group"], _params_str(f),
+                     "" if f["r"] is None else f"{f['r']:.4f}", f"{f['n']} ({f['n_runs']})",
+                     "; ".join(f["warnings"])])
+    return rows
+
+
+HEAD = ["form", "metric", "x", "slice", "params [95% CI]", "r", "n (runs)", "warnings"]
+
+
+def format_terminal(report: dict) -> str:
+    rows = table_rows(report)
+    w = [max(len(HEAD[i]), *(len(r[i]) for r in rows)) if rows else len(HEAD[i]) for i in range(len(HEAD))]
+    w[-1] = len(HEAD[-1])
+    line = lambda r: "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
+    out = [line(HEAD), line(["-" * x for x in w])] + [line(r) for r in rows]
+    out += _extrap_lines(report)
+    out += [f"note: {n}" for n in report["notes"]]
+    return "\n".join(out)
+
+
+def _extrap_lines(report: dict) -> list[str]:
+    ex = [e for e in report["extrapolation"] if "rel_error" in e]
+    if not ex:
+        return []
+    lines = ["", "extrapolation (fit without the largest model, predict it):"]
+    for e in ex:
+        lines.append(f"  {e['form']:<10} {_short(e['metric']):<22} {e['group']:<22} "
+                     f"N={e['x_held_out']:.3g} predicted {e['predicted']:.4g} observed "
+                     f"{e['observed']:.4g} error {100 * e['rel_error']:+.2f}%")
+    return lines
+
+
+def format_markdown(report: dict) -> str:
+    md = [f"# Scaling-law fits: {Path(report['study']).name}", "",
+          f"{report['cells']} cells ({', '.join(f'{k}: {v}' for k, v in report['states'].items())}), "
+          f"{report['rows']} evaluations; x = `{report['x']}`, compute = `{report['compute']}`; "
+          f"budgets by `{report['budget_axis']}`; floors {report['floors'] or 'none'} "
+          f"({report['floor_source']}); {report['n_boot']} bootstrap resamples over runs.", "",
+          "VAR form: y = (k x)^alpha; saturating: y = E + (x0/x)^alpha; "
+          "chinchilla: L = E + A/N^alpha + B/D^beta.", "",
+          "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for r in table_rows(report):
+        md.append("| " + " | ".join(c.replace("|", "/") for c in r) + " |")
+    ex = [e for e in report["extrapolation"] if "rel_error" in e]
+    if ex:
+        md += ["", "## Extrapolation checks", "",
+               "| form | metric | slice | held-out N | predicted | observed | signed error |",
+               "|---|---|---|---|---|---|---|"]
+        for e in ex:
+            md.append(f"| {e['form']} | {_short(e['metric'])} | {e['group']} | {e['x_held_out']:.3g} | "
+                      f"{e['predicted']:.4g} | {e['observed']:.4g} | {100 * e['rel_error']:+.2f}% |")
+    for iso in report["isoflop"]:
+        md += ["", f"## IsoFLOP parabolas ({_short(iso['metric'])})", "",
+               "| budget | N_opt | L_opt | warning |", "|---|---|---|---|"]
+        for p in iso["parabolas"]:
+            md.append(f"| {p['budget']:.3g} | {_num(p['N_opt'])} | {_num(p['L_opt'])} | {p['warning']} |")
+    if report["notes"]:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(md) + "\n"
+
+
+def write_report(report: dict, study_dir) -> tuple[Path, Path]:
+    rd = StudyLayout.of(study_dir).report_dir
+    rd.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(rd / "fits.json", report)
+    atomic_write_bytes(rd / "fits.md", format_markdown(report).encode())
+    return rd / "fits.json", rd / "fits.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="varscale fit", description=__doc__.split("\n")[0])
+    ap.add_argument("study_dir", help="runs/<study>")
+    ap.add_argument("--n-boot", type=int, default=DEFAULT_BOOT, help="bootstrap resamples (0: none)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--floor-last", type=float, help="irreducible last-scale loss by hand (nats)")
+    ap.add_argument("--floor-avg", type=float, help="irreducible all-scale loss by hand (nats)")
+    ap.add_argument("--no-floor", action="store_true", help="ignore tokens/meta.json entropies")
+    ap.add_argument("--x", default="n_params",
+                    choices=["n_params", "n_params_blocks", "n_params_nonembedding"])
+    ap.add_argument("--compute", default="flops", choices=["flops", "flops_6nd"])
+    ap.add_argument("--quiet", action="store_true", help="no table on the terminal")
+    a = ap.parse_args(argv)
+    if not Path(a.study_dir).is_dir():
+        print(f"varscale fit: no study folder at {a.study_dir}", file=sys.stderr)
+        return 2
+    rep = fit_study(a.study_dir, n_boot=a.n_boot, seed=a.seed, floor_last=a.floor_last,
+                    floor_avg=a.floor_avg, use_floor=not a.no_floor, x_col=a.x, c_col=a.compute)
+    js, md = write_report(rep, a.study_dir)
+    if not a.quiet:
+        print(format_terminal(rep))
+    print(f"wrote {js} and {md}")
+    return 0 if rep["fits"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
