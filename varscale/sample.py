@@ -319,3 +319,221 @@ def edit(vae, var, src, mask, label=None, cfg: float = 1.5, top_k: int = 0, top_
     f_hat, idx = _autoregress(vae, var, label_B, cfg, top_k, top_p, make_generator(seed, dev), smooth,
                               use_cache, src_idx=src_idx, keep=keep)
     return vae.fhat_to_img(f_hat).add(1).mul(0.5), idx, keep
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def cell_steps(cell_dir: Union[str, Path]) -> list[int]:
+    """Steps of the cell's complete checkpoints (``checkpoints/step<N>/weights.pt``), sorted."""
+    ckpt = Path(cell_dir) / "checkpoints"
+    steps = []
+    for d in ckpt.glob("step*"):
+        m = re.fullmatch(r"step(\d+)", d.name)
+        if m and (d / "weights.pt").exists():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def load_cell(study_dir: Union[str, Path], run_id: str, step: Optional[int] = None, device="cpu"):
+    """(vae, var, cell_cfg, step) of one cell's checkpoint (the latest when ``step`` is None)."""
+    from varscale.train.trainer import load_cell_model
+
+    cell_dir = Path(study_dir) / "cells" / run_id
+    if not (cell_dir / "config.json").exists():
+        raise FileNotFoundError(f"no cell {run_id} under {Path(study_dir) / 'cells'}")
+    if step is None:
+        steps = cell_steps(cell_dir)
+        if not steps:
+            raise FileNotFoundError(f"cell {run_id} has no checkpoint yet")
+        from varscale.schema import read_json
+
+        latest = read_json(cell_dir / "checkpoints" / "LATEST.json") or {}
+        step = int(latest.get("step", steps[-1]))
+    vae, var, cell = load_cell_model(cell_dir, step=step, device=device)
+    return vae.eval(), var.eval(), cell, int(step)
+
+
+def fig7_steps(available: Sequence[int], total_steps: int, fractions=(0.2, 0.6, 1.0)) -> dict[float, int]:
+    """For each fraction of training, the available checkpoint step nearest to it."""
+    out = {}
+    for f in fractions:
+        if available:
+            out[f] = min(available, key=lambda s: (abs(s - f * total_steps), -s))
+    return out
+
+
+def samples_dir(study_dir: Union[str, Path], run_id: str) -> Path:
+    return Path(study_dir) / "samples" / run_id
+
+
+def _pick_device(kind: str) -> str:
+    if kind == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return kind
+
+
+def _write_samples(out_dir: Path, stem: str, img: torch.Tensor, labels: torch.Tensor, meta: dict,
+                   nrow: int) -> Path:
+    from varscale.schema import atomic_write_json
+
+    png = save_grid(img, out_dir / f"{stem}.png", nrow=nrow)
+    save_npy(to_uint8(img), out_dir / f"{stem}.npy")
+    atomic_write_json(out_dir / f"{stem}.json", {**meta, "labels": labels.tolist()})
+    return png
+
+
+def main_sample(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="varscale sample",
+        description="Class-conditional samples of one cell (CFG ramp, top-k/top-p, KV cache). Writes a PNG "
+                    "grid, the raw images (uint8 npy, B x H x W x 3) and a json of the settings under "
+                    "<study>/samples/<run_id>/.")
+    ap.add_argument("study_dir")
+    ap.add_argument("--cell", required=True, help="run id (a folder under <study>/cells)")
+    ap.add_argument("--classes", type=int, nargs="*", default=None, help="class ids (default: all)")
+    ap.add_argument("--n", type=int, default=4, help="samples per class (default 4)")
+    ap.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale (0: off)")
+    ap.add_argument("--top-k", type=int, default=0, help="0: off (the paper's FID setting: 900 of 4096)")
+    ap.add_argument("--top-p", type=float, default=0.0, help="0: off (paper's FID setting: 0.96)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smooth", action="store_true", help="Gumbel-softmax visual mode (not for metrics)")
+    ap.add_argument("--no-cache", action="store_true", help="recompute the prefix each scale (slow; checks)")
+    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    ap.add_argument("--fig7", action="store_true",
+                    help="the Fig. 7 inputs: same seed at ~20/60/100%% of training, step-<step>.png")
+    ap.add_argument("--out", default=None, help="output folder (default <study>/samples/<run_id>)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(list(argv) if argv is not None else None)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = _pick_device(a.device)
+    study_dir = Path(a.study_dir)
+    cell_dir = study_dir / "cells" / a.cell
+    out_dir = Path(a.out) if a.out else samples_dir(study_dir, a.cell)
+    steps = cell_steps(cell_dir)
+    if not steps:
+        print(f"varscale sample: cell {a.cell} has no checkpoint under {cell_dir / 'checkpoints'}", file=sys.stderr)
+        return 1
+    if a.fig7:
+        from varscale.cell import CellConfig
+
+        total = CellConfig.load(cell_dir).total_steps
+        todo = fig7_steps(steps, total)
+        missing = [f for f, s in todo.items() if abs(s - f * total) > 0.05 * total]
+        if missing:
+            print(f"note: no checkpoint near {[f'{f:.0%}' for f in missing]} of {total} steps; using the nearest "
+                  f"kept ones (kept: {steps}). Keep them with the cell's keep_steps.", file=sys.stderr)
+        run = sorted(set(todo.values()))
+    else:
+        run = [a.step]
+    written = {}
+    for step in run:
+        vae, var, cell, step = load_cell(study_dir, a.cell, step, device=device)
+        classes = a.classes if a.classes else list(range(var.num_classes))
+        n = 1 if a.fig7 and a.n == 4 and not a.classes else a.n
+        labels = torch.tensor(classes).repeat_interleave(n)
+        t0 = time.perf_counter()
+        img, _ = generate(vae, var, labels, cfg=a.cfg, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+                          smooth=a.smooth, use_cache=not a.no_cache)
+        dt = time.perf_counter() - t0
+        meta = {"run_id": a.cell, "step": step, "total_steps": cell.total_steps, "depth": cell.depth,
+                "cfg": a.cfg, "top_k": a.top_k, "top_p": a.top_p, "seed": a.seed, "smooth": a.smooth,
+                "seconds": dt, "device": device}
+        stem = f"step-{step:08d}" if a.fig7 else f"samples-step{step:08d}-seed{a.seed}"
+        png = _write_samples(out_dir, stem, img, labels, meta, nrow=len(classes) if a.fig7 else max(n, 1))
+        written[step] = str(png)
+        print(f"{a.cell} step {step}: {labels.numel()} samples in {dt:.2f}s -> {png}")
+    if a.fig7:
+        from varscale.schema import atomic_write_json
+
+        atomic_write_json(out_dir / "fig7.json", {"total_steps": total, "seed": a.seed, "cfg": a.cfg,
+                                                  "fractions": {f"{f:g}": s for f, s in todo.items()},
+                                                  "files": written})
+    return 0
+
+
+def load_image(path: Union[str, Path], resolution: int) -> torch.Tensor:
+    """An image file -> (1, 3, R, R) in [-1, 1] (shorter side resized with Lanczos, centre crop)."""
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    s = resolution / min(im.size)
+    im = im.resize((max(resolution, round(im.size[0] * s)), max(resolution, round(im.size[1] * s))), Image.LANCZOS)
+    l, t = (im.size[0] - resolution) // 2, (im.size[1] - resolution) // 2
+    im = im.crop((l, t, l + resolution, t + resolution))
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1)
+    return x.permute(2, 0, 1)[None]
+
+
+def load_mask(path: Union[str, Path]) -> torch.Tensor:
+    """A mask image -> (H, W) in [0, 1]; white (bright) = generate, black = keep."""
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0)
+
+
+def main_edit(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="varscale edit",
+        description="Zero-shot in-painting / out-painting (null class) or class-conditional editing "
+                    "(--label) with a trained cell. Writes a PNG of source | mask | result.")
+    ap.add_argument("study_dir")
+    ap.add_argument("--cell", required=True)
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--image", default=None, help="source image file (resized to the study resolution)")
+    src.add_argument("--val-index", type=int, nargs="*", default=None,
+                     help="source images from the study's held-out split (default: 0 1 2 3)")
+    m = ap.add_mutually_exclusive_group()
+    m.add_argument("--box", type=float, nargs=4, metavar=("Y0", "X0", "Y1", "X1"), default=None,
+                   help="box in [0,1] units to regenerate (default 0.25 0.25 0.75 0.75)")
+    m.add_argument("--mask", default=None, help="mask image: white = generate, black = keep")
+    ap.add_argument("--outpaint", action="store_true", help="keep the box, regenerate around it")
+    ap.add_argument("--label", type=int, default=None, help="class for class-conditional editing (default: null)")
+    ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smooth", action="store_true")
+    ap.add_argument("--step", type=int, default=None)
+    ap.add_argument("--out", default=None, help="output PNG (default <study>/samples/<run_id>/edit-....png)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a = ap.parse_args(list(argv) if argv is not None else None)
+    study_dir = Path(a.study_dir)
+    device = _pick_device(a.device)
+    vae, var, cell, step = load_cell(study_dir, a.cell, a.step, device=device)
+    R = vae.resolution
+    if a.image:
+        src_img, tag = load_image(a.image, R), Path(a.image).stem
+    else:
+        from varscale.data import make_dataset
+
+        idx = a.val_index if a.val_index else [0, 1, 2, 3]
+        src_img, _ = make_dataset(cell.study_config().data, "val").batch(idx)
+        src_img, tag = torch.as_tensor(src_img, dtype=torch.float32), "val" + "-".join(map(str, idx))
+    if a.mask:
+        mask = load_mask(a.mask)
+        mtag = "mask"
+    else:
+        box = a.box or [0.25, 0.25, 0.75, 0.75]
+        mask = box_mask(var.cfg.patch_nums[-1], *box, outpaint=a.outpaint)
+        mtag = ("out" if a.outpaint else "in") + "-" + "-".join(f"{b:g}" for b in box)
+    img, _, _ = edit(vae, var, src_img.to(device), mask, label=a.label, cfg=a.cfg, top_k=a.top_k,
+                     top_p=a.top_p, seed=a.seed, smooth=a.smooth)
+    B = img.shape[0]
+    src01 = src_img.add(1).mul(0.5).cpu()
+    mask_img = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], size=(R, R),
+                             mode="nearest")[0].expand(3, R, R)
+    rows = torch.stack([src01, mask_img.expand(B, 3, R, R), img.cpu()], dim=1).flatten(0, 1)
+    lab = "null" if a.label is None else str(a.label)
+    out = Path(a.out) if a.out else samples_dir(study_dir, a.cell) / f"edit-step{step:08d}-{tag}-{mtag}-label{lab}-seed{a.seed}.png"
+    save_grid(rows, out, nrow=3)
+    print(f"{a.cell} step {step}: edited {B} image(s) (source | mask | result) -> {out}")
+    return 0
+
+
+main = main_sample
+
+if __name__ == "__main__":
+    sys.exit(main_sample())
