@@ -154,16 +154,18 @@ def flops_per_image(preset: str, depth: int, model: dict[str, Any], num_classes:
 
 
 def var_overrides(model: dict[str, Any]) -> dict[str, Any]:
-    """The study's model section as keyword overrides of ``build_var`` / ``VARConfig``."""
-    keys = ("head_dim", "class_dropout", "class_dropout_in_eval", "drop_path", "attn_l2_norm",
-            "shared_aln", "aln_gamma_init", "fused")
-    return {k: model[k] for k in keys if k in model and model[k] is not None}
+    """The study's model section (a plain dict here) as ``build_var`` / ``VARConfig`` overrides."""
+    from varscale.config import ModelConfig
+    from varscale.models import var_overrides as _from_model_config
+
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return _from_model_config(ModelConfig(**{k: v for k, v in model.items() if k in names}))
 
 
 def var_config(preset: str, depth: int, model: dict[str, Any], num_classes: int):
-    from varscale.models.var import VARConfig
+    from varscale.models import var_config as _var_config
 
-    return VARConfig.from_preset(preset, depth, num_classes=num_classes, **var_overrides(model))
+    return _var_config(preset, depth, num_classes=num_classes, **var_overrides(model))
 
 
 # --------------------------------------------------------------------------- planning

@@ -48,9 +48,22 @@ def pick_device(kind: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def quiet_deepspeed() -> None:
+    """DeepSpeed logs every config key at INFO; a cell's log keeps only warnings."""
+    import logging
+    import warnings
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).*",
+                            category=FutureWarning)
+
+
 def init_distributed(device: torch.device) -> None:
     import deepspeed
 
+    quiet_deepspeed()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
                                verbose=False)
 

@@ -21,7 +21,9 @@ dropout randomness are functions of (seed, step, rank), so a resumed run is the 
 Exit codes: 0 done, 3 diverged (non-finite loss), 1 failed. Runs as one process without a
 launcher, or as several under torchrun / deepspeed / Slurm (gloo on CPU).
 
-Test hook: ``VARSCALE_INJECT_NAN_AT=<k>`` makes the training loss of step k non-finite.
+Test hooks (never set in a study): ``VARSCALE_INJECT_NAN_AT=<k>`` makes the training loss of
+step k non-finite; ``VARSCALE_TEST_STEP_DELAY=<seconds>`` sleeps after every step so a test can
+SIGKILL a tiny run mid-way.
 """
 from __future__ import annotations
 
@@ -299,6 +301,7 @@ class CellRun:
         self.peak_flops = peak_flops(self.device.type, "bf16" if self.bf16 else "fp32", self.threads)
         nan_at = os.environ.get("VARSCALE_INJECT_NAN_AT")
         self.nan_at = int(nan_at) if nan_at else None
+        self.step_delay = float(os.environ.get("VARSCALE_TEST_STEP_DELAY", "0") or 0)
         self.timing["setup"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ checkpoints
@@ -518,6 +521,8 @@ class CellRun:
                     self.save()
                 if self.step % self.log_every == 0 or self.step == c.total_steps:
                     self.log_line(loss)
+                if self.step_delay:
+                    time.sleep(self.step_delay)
         except Diverged as d:
             self.log(f"diverged: {d}")
             self.finish("diverged", diverged_step=d.step, message=str(d))
