@@ -1,0 +1,421 @@
+"""Tokenizer training: the study's multi-scale VQVAE, trained once on its own images.
+
+Loss per step (VAR paper eq. 5 without the pretrained-network terms):
+
+    l2_weight * ||x - x_rec||^2 + l1_weight * |x - x_rec| + vq_loss
+
+where ``vq_loss`` is the multi-scale commitment/codebook loss of ``MultiScaleQuantizer``
+(commitment weight ``tokenizer.beta``). The perceptual (LPIPS) and adversarial terms need
+pretrained networks that cannot be downloaded here; they are switches that are off by
+default and raise a clear error when turned on.
+
+Against codebook collapse (coarse scales in particular, where only B tokens per batch are
+seen): the codebook is initialised from the encoder's residuals of the first batch, and
+every ``revive_every`` steps each code not hit at any scale during the window is moved onto
+a random residual vector (plus a little noise), drawn in equal shares from every scale,
+so that the 1x1..3x3 residual distributions always have codes near them.
+
+Outputs ``runs/<study>/tokenizer/vqvae.pt`` (``{"state_dict", "preset", "config_hash",
+"metrics", ...}``, loadable with ``torch.load(weights_only=True)``) and ``metrics.json``
+(validation PSNR, per-scale codebook utilisation, wall time, loss curve), both atomic.
+A study that names ``tokenizer.checkpoint`` (e.g. the official ``vae_ch160v4096z32.pth``,
+a plain state dict) uses that instead of training.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
+
+EVAL_IMAGES = 5000  # validation images used for PSNR / utilisation (all if fewer)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def tokenizer_hash(vae_or_sd) -> str:
+    """Hash (16 hex) of everything that decides a tokenizer's output: its weights.
+
+    Two tokenizers with the same hash map every image to the same tokens; the token cache
+    stores it and is rebuilt when the study's tokenizer hashes differently. Running statistics
+    that do not affect tokenization (code-hit EMAs) are left out.
+    """
+    sd = vae_or_sd.state_dict() if hasattr(vae_or_sd, "state_dict") else vae_or_sd
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        if "ema_vocab_hit" in k:
+            continue
+        t = sd[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _preset_of(cfg):
+    from varscale.models.presets import get_preset
+
+    return get_preset(cfg.model.preset)
+
+
+def config_hash(cfg) -> str:
+    """Hash of what a trained tokenizer depends on: the data, the tokenizer recipe, the VQVAE shape."""
+    tc = dataclasses.asdict(cfg.tokenizer)
+    tc.pop("threads", None)  # how many threads does not change what is learnt... nearly; see docs
+    blob = json.dumps({"data": dataclasses.asdict(cfg.data), "tokenizer": tc,
+                       "preset": dataclasses.asdict(_preset_of(cfg))}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _resolve_checkpoint(path: str, study_dir: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    if not p.is_absolute() and not p.exists() and (study_dir / p).exists():
+        p = study_dir / p
+    if not p.exists():
+        raise FileNotFoundError(f"tokenizer.checkpoint: no file at {path}")
+    return p
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A VQVAE state dict from varscale's vqvae.pt or a plain one (the official .pth)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        return obj["state_dict"]
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise ValueError(f"{path}: not a VQVAE state dict")
+
+
+def load_tokenizer(study_dir, cfg, device=None):
+    """The study's frozen tokenizer (eval mode, requires_grad False)."""
+    from varscale.models.vqvae import VQVAE
+
+    study_dir = Path(study_dir)
+    if cfg.tokenizer.checkpoint:
+        path = _resolve_checkpoint(cfg.tokenizer.checkpoint, study_dir)
+    else:
+        path = StudyLayout.of(study_dir).tokenizer_ckpt
+        if not path.exists():
+            raise FileNotFoundError(f"no tokenizer at {path}; run 'varscale tokenizer train {study_dir}'")
+    vae = VQVAE.from_preset(_preset_of(cfg))
+    sd = load_state_dict_file(path)
+    missing, unexpected = vae.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if "ema_vocab_hit" not in k]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit preset '{cfg.model.preset}': missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    vae.eval().requires_grad_(False)
+    return vae.to(device) if device is not None else vae
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+@torch.no_grad()
+def residual_samples(vae, f_BChw: torch.Tensor) -> list[torch.Tensor]:
+    """The vectors each scale quantises for this latent batch: list over scales of (N_k, Cvae)."""
+    q = vae.quantize
+    f_rest = f_BChw.detach().float().clone()
+    B, C, H, W = f_rest.shape
+    K = len(q.patch_nums)
+    out = []
+    for si, pn in enumerate(q.patch_nums):
+        z = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != K - 1 else f_rest
+        z_NC = z.permute(0, 2, 3, 1).reshape(-1, C)
+        out.append(z_NC)
+        idx = q.nearest_code(z_NC).view(B, pn * pn)
+        f_rest.sub_(q._up_phi(si, q.embed_map(idx, pn)))
+    return out
+
+
+@torch.no_grad()
+def revive_codes(vae, dead_V: torch.Tensor, samples: list[torch.Tensor], gen: torch.Generator) -> int:
+    """Move dead codes onto random residual vectors, equal shares from every scale."""
+    dead = torch.nonzero(dead_V).flatten()
+    n = dead.numel()
+    if n == 0:
+        return 0
+    dead = dead[torch.randperm(n, generator=gen)]
+    w = vae.quantize.embedding.weight
+    K = len(samples)
+    for k, chunk in enumerate(dead.chunk(K) if n >= K else [dead]):
+        if chunk.numel() == 0:
+            continue
+        pool = samples[k % K]
+        pick = torch.randint(0, pool.shape[0], (chunk.numel(),), generator=gen)
+        v = pool[pick]
+        noise = torch.randn(v.shape, generator=gen) * (v.std() * 0.05 + 1e-6)
+        w.data[chunk] = (v + noise).to(w.dtype)
+    return n
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of images in [0, 1] (the [-1, 1] MSE divided by 4)."""
+    return float(10 * math.log10(1.0 / max(mse, 1e-12)))
+
+
+@torch.no_grad()
+def evaluate(vae, ds, max_images: int = EVAL_IMAGES, batch_size: int = 250, device=None) -> dict[str, Any]:
+    """Validation PSNR (of the mean MSE, images in [0, 1]) and per-scale codebook utilisation."""
+    was_training = vae.training
+    vae.eval()
+    n = min(len(ds), max_images)
+    K = len(vae.patch_nums)
+    hits_SV = torch.zeros(K, vae.vocab_size)
+    se, count, psnrs = 0.0, 0, []
+    for s in range(0, n, batch_size):
+        img, _ = ds.batch(np.arange(s, min(s + batch_size, n)))
+        x = torch.as_tensor(img, device=device)
+        idx = vae.img_to_idx(x)
+        rec = vae.idx_to_img(idx)
+        err = ((rec - x) * 0.5).pow(2).flatten(1).mean(1)  # [0, 1] scale
+        se += float(err.sum())
+        psnrs += (10 * torch.log10(1 / err.clamp_min(1e-12))).tolist()
+        count += x.shape[0]
+        for k, i in enumerate(idx):
+            hits_SV[k] += torch.bincount(i.flatten().cpu(), minlength=vae.vocab_size).float()
+    vae.train(was_training)
+    used_S = (hits_SV > 0).float().mean(1)
+    return {
+        "val_psnr": psnr_from_mse(se / max(count, 1)),
+        "val_psnr_mean_per_image": float(np.mean(psnrs)) if psnrs else float("nan"),
+        "val_mse_01": se / max(count, 1),
+        "usage_by_scale": [round(float(u), 4) for u in used_S],
+        "usage_overall": float((hits_SV.sum(0) > 0).float().mean()),
+        "eval_images": count,
+    }
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    """Linear warmup over 2% of the steps, then cosine decay to 10% of the peak."""
+    warm = max(1, int(0.02 * total))
+    if step < warm:
+        return peak * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def _check_switches(tc) -> None:
+    if tc.perceptual_weight > 0:
+        raise ValueError(
+            "tokenizer.perceptual_weight > 0: the perceptual (LPIPS) loss needs pretrained VGG/LPIPS "
+            "weights, which varscale does not ship and cannot download; set it to 0 (the default)")
+    if tc.adversarial_weight > 0:
+        raise ValueError(
+            "tokenizer.adversarial_weight > 0: the adversarial loss needs a pretrained discriminator "
+            "backbone (the VAR recipe uses DINO / StyleGAN features), which varscale does not ship and "
+            "cannot download; set it to 0 (the default)")
+
+
+def _device(cfg) -> torch.device:
+    want = cfg.execution.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _save(path: Path, obj: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def existing_complete(study_dir, cfg) -> Optional[dict]:
+    """The metrics of a finished checkpoint for this exact tokenizer config, else None."""
+    path = StudyLayout.of(study_dir).tokenizer_ckpt
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if isinstance(obj, dict) and obj.get("complete") and obj.get("config_hash") == config_hash(cfg):
+        return obj.get("metrics", {})
+    return None
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
+    """Train (or load) the study's tokenizer; returns the checkpoint path."""
+    from varscale.data import make_dataset
+    from varscale.models.vqvae import VQVAE
+
+    study_dir = Path(study_dir)
+    layout = StudyLayout.of(study_dir)
+    tc = cfg.tokenizer
+    _check_switches(tc)
+    threads = tc.threads or cfg.execution.threads
+    if threads:
+        torch.set_num_threads(threads)
+    device = _device(cfg)
+    preset = _preset_of(cfg)
+    val_ds = make_dataset(cfg.data, "val")
+
+    if tc.checkpoint:  # a given tokenizer: check it loads and measure it, never train
+        path = _resolve_checkpoint(tc.checkpoint, study_dir)
+        vae = load_tokenizer(study_dir, cfg, device=device)
+        log(f"tokenizer: using checkpoint {path} (hash {tokenizer_hash(vae)})")
+        if getattr(val_ds, "fast_batch", False):
+            m = evaluate(vae, val_ds, device=device)
+        else:
+            m = evaluate(vae, val_ds, max_images=500, batch_size=50, device=device)
+        m.update({"checkpoint": str(path), "tokenizer_hash": tokenizer_hash(vae), "preset": preset.name})
+        atomic_write_json(layout.tokenizer_dir / "metrics.json", m)
+        _report(m, log)
+        return path
+
+    chash = config_hash(cfg)
+    if not force:
+        done = existing_complete(study_dir, cfg)
+        if done is not None:
+            log(f"tokenizer: {layout.tokenizer_ckpt} is complete for this config ({chash}); skipping "
+                f"(val PSNR {done.get('val_psnr', float('nan')):.2f} dB; --force retrains)")
+            return layout.tokenizer_ckpt
+
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    train_ds = make_dataset(cfg.data, "train")
+    vae = VQVAE.from_preset(preset).to(device).train()
+    vae.quantize.beta = tc.beta
+    opt = torch.optim.Adam(vae.parameters(), lr=tc.lr, betas=tuple(tc.betas))
+    K, V = len(preset.patch_nums), preset.vocab_size
+    window_SV = torch.zeros(K, V)
+    n_revived = 0
+    curve = []
+    batches = _batches(train_ds, tc.batch_size, rng)
+    from tqdm import tqdm
+
+    bar = tqdm(range(tc.steps), desc="tokenizer", disable=not sys.stderr.isatty(), leave=False)
+    t0, c0 = time.time(), time.process_time()
+    run_loss = run_rec = 0.0
+    log_every = max(1, tc.steps // 10)
+    for step in bar:
+        img = next(batches).to(device, non_blocking=True)
+        if step == 0 or (tc.revive_dead_codes and step % tc.revive_every == 0):
+            f = vae.encode(img).detach()
+            samples = [s.cpu() for s in residual_samples(vae, f)]
+            dead = torch.ones(V, dtype=torch.bool) if step == 0 else (window_SV.sum(0) == 0)
+            n_revived += revive_codes(vae, dead, samples, gen)
+            window_SV.zero_()
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, tc.steps, tc.lr)
+        rec, vq_loss, _ = vae(img)
+        rec_l2 = F.mse_loss(rec, img)
+        loss = tc.l2_weight * rec_l2 + tc.l1_weight * F.l1_loss(rec, img) + vq_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        window_SV += vae.quantize.last_hits_SV.detach().cpu()
+        run_loss += float(loss.detach())
+        run_rec += float(rec_l2.detach())
+        if (step + 1) % log_every == 0 or step + 1 == tc.steps:
+            nb = (step % log_every) + 1
+            row = {"step": step + 1, "loss": run_loss / nb, "train_psnr": psnr_from_mse(run_rec / nb / 4),
+                   "window_usage": float((window_SV.sum(0) > 0).float().mean()), "wall_s": time.time() - t0,
+                   "cpu_s": time.process_time() - c0}
+            curve.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['train_psnr']:.1f}")
+            if not sys.stderr.isatty():
+                log(f"tokenizer: step {row['step']}/{tc.steps} loss {row['loss']:.4f} "
+                    f"train PSNR {row['train_psnr']:.2f} dB, codes used {row['window_usage']:.0%} "
+                    f"({row['wall_s']:.0f} s, cpu {row['cpu_s']:.0f} s)")
+            run_loss = run_rec = 0.0
+    bar.close()
+    train_s = time.time() - t0
+    vae.eval()
+    m = evaluate(vae, val_ds, device=device)
+    m.update({"train_wall_s": round(train_s, 1), "steps": tc.steps, "batch_size": tc.batch_size,
+              "codes_revived": n_revived, "preset": preset.name, "config_hash": chash,
+              "tokenizer_hash": tokenizer_hash(vae), "curve": curve,
+              "n_params": sum(p.numel() for p in vae.parameters()),
+              "threads": torch.get_num_threads(), "device": str(device)})
+    sd = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
+    _save(layout.tokenizer_ckpt, {"state_dict": sd, "preset": preset.name, "config_hash": chash,
+                                  "metrics": _plain(m), "complete": True})
+    atomic_write_json(layout.tokenizer_dir / "metrics.json", m)
+    _report(m, log)
+    return layout.tokenizer_ckpt
+
+
+def _plain(m: dict) -> dict:
+    """Metrics without the curve, in types torch.load(weights_only=True) accepts."""
+    return {k: v for k, v in m.items() if k != "curve"}
+
+
+def _report(m: dict, log) -> None:
+    us = ", ".join(f"{u:.0%}" for u in m["usage_by_scale"])
+    wall = f" in {m['train_wall_s']:.0f} s" if "train_wall_s" in m else ""
+    log(f"tokenizer: val PSNR {m['val_psnr']:.2f} dB, codes used {m['usage_overall']:.0%} overall, "
+        f"per scale [{us}]{wall}")
+
+
+def _batches(ds, batch_size: int, rng: np.random.Generator):
+    """Endless random batches (with replacement across batches) as float tensors."""
+    if getattr(ds, "fast_batch", False):
+        while True:
+            idx = np.sort(rng.choice(len(ds), size=min(batch_size, len(ds)), replace=False))
+            yield torch.as_tensor(ds.batch(idx)[0])
+    workers = min(4, max((os.cpu_count() or 1) - 1, 0))
+    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=1 << 62,
+                                             generator=torch.Generator().manual_seed(int(rng.integers(1 << 31))))
+    for img, _ in torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers):
+        yield img
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from varscale.config import ConfigError, load_study
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="varscale tokenizer", description="train the study's multi-scale VQVAE")
+    sub = ap.add_subparsers(dest="verb", required=True)
+    tr = sub.add_parser("train", help="train (or load) runs/<study>/tokenizer/vqvae.pt")
+    tr.add_argument("study_dir")
+    tr.add_argument("--force", action="store_true", help="retrain even if a complete checkpoint exists")
+    ev = sub.add_parser("eval", help="validation PSNR and codebook utilisation of the study's tokenizer")
+    ev.add_argument("study_dir")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_study(args.study_dir)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    try:
+        if args.verb == "train":
+            train_tokenizer(args.study_dir, cfg, force=args.force)
+        else:
+            from varscale.data import make_dataset
+
+            vae = load_tokenizer(args.study_dir, cfg)
+            _report(evaluate(vae, make_dataset(cfg.data, "val")), print)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"varscale tokenizer: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
