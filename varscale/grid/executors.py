@@ -97,11 +97,10 @@ def run_cell(cell_dir: str | os.PathLike, nproc: int = 1, threads: Optional[int]
         cell.traceback.unlink(missing_ok=True)
         if nproc > 1 or torchrun:
             return _run_torchrun(cell, nproc, threads, torchrun)
-        if threads:
+        if threads:  # read by torch when the trainer imports it (no torch import here: stubs)
             os.environ.update(thread_env(threads))
-            import torch
-
-            torch.set_num_threads(int(threads))
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(int(threads))
         try:
             rc = int(cell_fn()(str(cell.root)) or 0)
         except (KeyboardInterrupt, SystemExit) as e:

@@ -64,31 +64,44 @@ def _locked_stage(layout: StudyLayout, stage: str, fn: Callable[[], Any]) -> Any
         lock.release()
 
 
-def stage_tokenizer(layout: StudyLayout, cfg: StudyConfig) -> None:
-    if cfg.tokenizer.checkpoint:
-        say(f"tokenizer: using the checkpoint {cfg.tokenizer.checkpoint}; nothing to train")
-        return
+def stage_tokenizer(layout: StudyLayout, cfg: StudyConfig) -> bool:
+    """Train (or load and measure) the study's tokenizer; True if there was work to do."""
     from varscale.train import tokenizer as T
 
-    def work() -> None:
-        done = getattr(T, "tokenizer_complete", None)
-        if (done(layout.root, cfg) if done else layout.tokenizer_ckpt.exists()):
+    def work() -> bool:
+        if cfg.tokenizer.checkpoint:
+            if (layout.tokenizer_dir / "metrics.json").exists():
+                say(f"tokenizer: using the checkpoint {cfg.tokenizer.checkpoint} (already measured); skipped")
+                return False
+            T.train_tokenizer(layout.root, cfg, log=say)  # loads and measures it, never trains
+            return True
+        done = T.existing_complete(layout.root, cfg)
+        if done is not None:
             say(f"tokenizer: complete ({layout.tokenizer_ckpt}); skipped")
-            return
+            return False
         say(f"tokenizer: training ({cfg.tokenizer.steps} steps) into {layout.tokenizer_dir}")
         t0 = time.time()
-        T.train_tokenizer(layout.root, cfg)
+        T.train_tokenizer(layout.root, cfg, log=say)
         say(f"tokenizer: trained in {time.time() - t0:.1f} s")
+        return True
 
-    _locked_stage(layout, "tokenizer", work)
+    return _locked_stage(layout, "tokenizer", work)
 
 
-def stage_tokens(layout: StudyLayout, cfg: StudyConfig) -> None:
+def stage_tokens(layout: StudyLayout, cfg: StudyConfig) -> bool:
+    """Build the token cache if missing or stale; True if there was work to do."""
     from varscale.data.tokens import build_token_cache
 
+    meta = layout.tokens_dir / "meta.json"
+
+    def stamp() -> Optional[int]:
+        return meta.stat().st_mtime_ns if meta.exists() else None
+
+    before = stamp()
     # build_token_cache checks the cache against the tokenizer and data hashes and says
     # "skipping" itself when it is complete
     _locked_stage(layout, "tokens", lambda: build_token_cache(layout.root, cfg, log=say))
+    return stamp() != before
 
 
 def _done_fingerprint(layout: StudyLayout, run_ids: list[str]) -> str:
@@ -101,43 +114,49 @@ def _done_fingerprint(layout: StudyLayout, run_ids: list[str]) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
-def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[str]) -> bool:
-    """``fit`` / ``figures``: rerun only when the set of finished cells changed. True if ok."""
-    stamp = layout.report_dir / f".{stage}.stamp"
+def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[str]) -> tuple[bool, bool]:
+    """``fit`` / ``figures``: rerun only when the set of finished cells changed.
 
-    def work() -> bool:
+    Returns (ok, worked). Their printed output goes to ``report/<stage>.log``; the report
+    itself (fits.md, figures) is where they write it.
+    """
+    import contextlib
+    import importlib
+
+    stamp = layout.report_dir / f".{stage}.stamp"
+    log = layout.report_dir / f"{stage}.log"
+
+    def work() -> tuple[bool, bool]:
         fp = _done_fingerprint(layout, run_ids)
         old = read_json(stamp, {}) or {}
         if old.get("fingerprint") == fp:
             say(f"{stage}: up to date with the {old.get('cells', '?')} finished cells; skipped")
-            return True
-        import importlib
-
+            return True, False
         try:
             mod = importlib.import_module(module)
         except ImportError as e:
             say(f"{stage}: {module} is not available ({e}); skipped")
-            return True
-        say(f"{stage}: {module} on {layout.root}")
+            return True, False
         t0 = time.time()
-        try:
-            rc = int(mod.main([str(layout.root)]) or 0)
-        except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
-        except Exception as e:  # noqa: BLE001 - report it, keep what the cells produced
-            import traceback
+        layout.report_dir.mkdir(parents=True, exist_ok=True)
+        rc: Any = 0
+        with open(log, "w") as f, contextlib.redirect_stdout(f):
+            try:
+                rc = int(mod.main([str(layout.root)]) or 0)
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else 1
+            except Exception as e:  # noqa: BLE001 - report it, keep what the cells produced
+                import traceback
 
-            layout.report_dir.mkdir(parents=True, exist_ok=True)
-            (layout.report_dir / f"{stage}.traceback.txt").write_text(traceback.format_exc())
-            say(f"{stage}: FAILED ({type(e).__name__}: {e}); see {layout.report_dir / (stage + '.traceback.txt')}")
-            return False
+                f.write(traceback.format_exc())
+                rc = f"{type(e).__name__}: {e}"
         if rc != 0:
-            say(f"{stage}: FAILED (exit {rc})")
-            return False
+            say(f"{stage}: FAILED ({rc if isinstance(rc, str) else 'exit ' + str(rc)}); see {log}")
+            return False, True
         n = sum(layout.cell(r).done.exists() for r in run_ids)
         atomic_write_json(stamp, {"fingerprint": fp, "cells": n, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        say(f"{stage}: done in {time.time() - t0:.1f} s")
-        return True
+        say(f"{stage}: done in {time.time() - t0:.1f} s on {n} finished cells; output in {layout.report_dir} (log {log.name})")
+        return True, True
 
     return _locked_stage(layout, stage, work)
 
@@ -160,9 +179,11 @@ def _terminal(cell: CellLayout) -> Optional[str]:
     st = read_json(cell.status_json, {}) or {}
     if isinstance(st, dict) and st.get("state") == "diverged":
         return "diverged"
-    if cell.done.exists():
-        return "done"
-    return None
+    try:
+        text = cell.done.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return "diverged" if text == "diverged" else "done"
 
 
 def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Progress,
@@ -213,10 +234,12 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Pr
         t = _terminal(cell)
         if t == "diverged" or rc == X.DIVERGED:
             res.diverged.append(rid)
+            progress.finished(rid)
             st = cell_state(cell)
             say(f"[{progress.count()}] {rid}: DIVERGED{dt} ({st.note}); the grid goes on")
         elif rc == X.DONE and t == "done":
             res.done.append(rid)
+            progress.finished(rid)
             st = cell_state(cell)
             loss = f", test loss {st.test_loss:.4f}" if st.test_loss is not None else ""
             say(f"[{progress.count()}] {rid}: done{dt}{loss}")
@@ -224,8 +247,8 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Pr
             if rc == X.DONE:  # exit 0 without DONE: do not call it finished
                 X._mark_failed(cell, "the cell process exited 0 but left no DONE file\n")
             res.failed.append(rid)
+            progress.finished(rid, ok=False)
             say(f"[{progress.count()}] {rid}: FAILED (exit {rc}){dt}; see {cell.traceback}")
-        progress.finished(rid, ok=rid not in res.failed)
 
     try:
         while todo or running or elsewhere:
@@ -236,7 +259,7 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Pr
                 if t is not None:
                     del elsewhere[rid]
                     (res.already if t == "done" else res.diverged).append(rid)
-                    progress.finished(rid, ok=True)
+                    progress.finished(rid)
                     say(f"[{progress.count()}] {rid}: {t} (by another launcher)")
                 elif FileLock(cell.lock).held_by_other() is None:
                     del elsewhere[rid]
@@ -323,14 +346,6 @@ def _visible_gpus(cfg: StudyConfig) -> list[str]:
         return []
 
 
-def _wsd_supported() -> bool:
-    try:
-        from varscale.train import trainer
-    except ImportError:
-        return False
-    return bool(getattr(trainer, "SUPPORTS_WSD", False))
-
-
 def _interrupt_on_term(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -388,11 +403,6 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     except PlanError as e:
         print(f"varscale run: {e}", file=sys.stderr)
         return 2
-    if cfg.budgets.design == "wsd" and not _wsd_supported():
-        print("varscale run: budgets.design 'wsd' is planned (see 'varscale plan') but not yet executable: "
-              "the trainer cannot branch a decay from a stable run's checkpoint yet. "
-              "Use budgets.design: independent to run this study.", file=sys.stderr)
-        return 2
     if a.cells:
         cells = [c for c in cells if fnmatch.fnmatch(c.run_id, a.cells)]
         if not cells:
@@ -400,9 +410,10 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
             return 2
     write_plan(layout, cfg, cells if not a.cells else plan_cells(cfg, layout.root))
 
+    worked = False
     if not a.only_cells:
-        stage_tokenizer(layout, cfg)
-        stage_tokens(layout, cfg)
+        worked |= stage_tokenizer(layout, cfg)
+        worked |= stage_tokens(layout, cfg)
     for c in cells:
         write_cell(layout.root, c)
     executor = make_executor(name, cfg, layout, parallel, threads, nproc, a.cluster)
@@ -414,14 +425,16 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     ok_analysis = True
     ids = [c.run_id for c in cells]
     n_done = len(res.done) + len(res.already)
+    worked |= bool(res.done or res.failed or res.diverged)
     if not (a.only_cells or a.no_analysis or a.cells):
         if n_done:
-            ok_analysis &= stage_analysis(layout, "fit", "analysis.report", ids)
-            ok_analysis &= stage_analysis(layout, "figures", "analysis.figures", ids)
+            for stage, module in (("fit", "analysis.report"), ("figures", "analysis.figures")):
+                ok, w = stage_analysis(layout, stage, module, ids)
+                ok_analysis &= ok
+                worked |= w
         else:
             say("fit, figures: no finished cell to analyse; skipped")
 
-    ran = len(res.done) + len(res.failed) + len(res.diverged) - 0
     summary = f"{n_done}/{len(cells)} cells done"
     if res.diverged:
         summary += f", {len(res.diverged)} diverged ({', '.join(res.diverged)})"
@@ -435,6 +448,6 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
         return 1
     if not ok_analysis:
         return 1
-    if not res.done and not res.diverged and ran == 0:
+    if not worked:
         say("nothing to do: every stage of the study is complete")
     return 0

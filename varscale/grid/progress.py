@@ -62,6 +62,7 @@ class Progress:
         self.steps = {c.run_id: int(c.total_steps) for c in cells}
         self.finished_ids = set(done)
         self.t0 = time.time()
+        self.spent_at_start = self._spent({})
         if self.bars and len(done) < len(cells):
             from tqdm import tqdm
 

@@ -71,9 +71,13 @@ def cell_state(cell: CellLayout, planned: Optional[dict] = None) -> CellState:
     s = st.get("state")
     lock = FileLock(cell.lock)
     owner = lock.held_by_other() if cell.lock.exists() else None
-    if s == "diverged":
+    try:
+        done_text: Optional[str] = cell.done.read_text().strip()
+    except FileNotFoundError:
+        done_text = None
+    if s == "diverged" or done_text == "diverged":
         state = "diverged"
-    elif cell.done.exists():
+    elif done_text is not None:
         state = "done"
     elif owner is not None:
         state = "running"
