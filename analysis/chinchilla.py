@@ -82,11 +82,11 @@ def _objective(theta_bP: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: n
 _POOL = None
 
 
-def _threaded(fg1, th, rows, min_rows: int = 256):
+def _threaded(fg1, th, rows, n_points: int, min_work: int = 200_000):
     """Split a large batch across the machine's cores (numpy releases the GIL in ufuncs)."""
     global _POOL
     nt = min(int(os.environ.get("VARSCALE_FIT_THREADS", os.cpu_count() or 1)), 8)
-    if nt < 2 or len(rows) < min_rows:
+    if nt < 2 or len(rows) * n_points < min_work:
         return fg1(th, rows)
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=nt)
@@ -128,7 +128,7 @@ def approach3(N, D, L, weights: np.ndarray | None = None, starts: np.ndarray | N
         return _objective(th, logN, logD, logL, None if W is None else W[wrow[rows]], delta)
 
     def fg(th, rows):
-        return _threaded(fg1, th, rows)
+        return _threaded(fg1, th, rows, n)
 
     res = minimize_batched(fg, x0, maxiter=maxiter, ftol=ftol)
     f = np.where(np.isfinite(res.f), res.f, np.inf).reshape(R, K)
@@ -173,7 +173,10 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
     for i in order[:5]:
         r = minimize(fg1, grid.x[i], jac=True, method="L-BFGS-B",
                      options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
-        polished.append((r.fun, r.x, r.success or np.abs(r.jac).max() < 1e-8, r.message))
+        # scipy ends with ABNORMAL when the Huber kinks stop its line search at the optimum;
+        # accept that when the gradient, relative to f and theta, is negligible
+        rel_g = np.abs(r.jac).max() * max(np.abs(r.x).max(), 1.0) / max(abs(r.fun), 1e-300)
+        polished.append((r.fun, r.x, bool(r.success or rel_g < 1e-3), r.message))
     fbest, th, conv, msg = min(polished, key=lambda t: t[0])
     d = _derived(th[None])[0]
     fit.params = dict(zip(DERIVED, map(float, d)))

@@ -49,9 +49,9 @@ def minimize_batched(fg: FG, x0: np.ndarray, maxiter: int = 1000, m: int = 10,
     f, g = fg(x, np.arange(B))
     f = np.array(f, dtype=np.float64)
     g = np.array(g, dtype=np.float64)
-    S = np.zeros((m, B, P))
-    Y = np.zeros((m, B, P))
-    rho = np.zeros((m, B))
+    S = np.zeros((B, m, P))  # curvature pairs, slot-major per problem; zero pairs are no-ops
+    Y = np.zeros((B, m, P))
+    rho = np.zeros((B, m))
     gamma = np.ones(B)  # initial inverse-Hessian scale s.y / y.y of the newest pair
     has_hist = np.zeros(B, bool)
     finite = np.isfinite(f) & np.isfinite(g).all(1)
@@ -63,34 +63,43 @@ def minimize_batched(fg: FG, x0: np.ndarray, maxiter: int = 1000, m: int = 10,
         a = np.flatnonzero(active)
         if a.size == 0:
             break
-        ga, xa, fa = g[a], x[a], f[a]
-        # two-loop recursion, newest pair first; empty (zero) pairs are no-ops
+        full = a.size == B  # skip the gathers while every problem is still running
+        ga, xa, fa = (g.copy(), x.copy(), f.copy()) if full else (g[a], x[a], f[a])
+        Sa, Ya, ra = (S, Y, rho) if full else (S[a], Y[a], rho[a])
+        # two-loop recursion, newest pair first
         q = -ga
         alphas = []
         order = [(slot - 1 - j) % m for j in range(m)]
         for j in order:
-            al = rho[j, a] * _dot(S[j, a], q)
-            q = q - al[:, None] * Y[j, a]
+            al = ra[:, j] * _dot(Sa[:, j], q)
+            q = q - al[:, None] * Ya[:, j]
             alphas.append(al)
         q = q * gamma[a, None]
         for j, al in zip(reversed(order), reversed(alphas)):
-            be = rho[j, a] * _dot(Y[j, a], q)
-            q = q + S[j, a] * (al - be)[:, None]
+            be = ra[:, j] * _dot(Ya[:, j], q)
+            q = q + Sa[:, j] * (al - be)[:, None]
         d = q
         gd = _dot(ga, d)
         bad = ~(gd < 0) | ~np.isfinite(gd)
         if bad.any():  # not a descent direction: forget the history, go downhill
             d[bad] = -ga[bad]
             gd[bad] = -_dot(ga[bad], ga[bad])
-            rho[:, a[bad]] = 0.0
+            rho[a[bad]] = 0.0
             gamma[a[bad]] = 1.0
             has_hist[a[bad]] = False
         # first step without curvature information: unit length in parameter space
         t = np.where(has_hist[a], 1.0, np.minimum(1.0, 1.0 / np.maximum(np.linalg.norm(ga, axis=1), 1e-300)))
-        x_new, f_new, g_new = xa.copy(), fa.copy(), ga.copy()
-        ok = np.zeros(a.size, bool)
-        pend = np.arange(a.size)
-        for _ls in range(max_ls):
+        xt = xa + t[:, None] * d
+        ft, gt = fg(xt, a)
+        ok = np.isfinite(ft) & np.isfinite(gt).all(1) & (ft <= fa + 1e-4 * t * gd)
+        x_new = np.where(ok[:, None], xt, xa)
+        f_new = np.where(ok, ft, fa)
+        g_new = np.where(ok[:, None], gt, ga)
+        pend = np.flatnonzero(~ok)
+        for _ls in range(max_ls):  # backtracking for the few whose full step failed
+            if pend.size == 0:
+                break
+            t[pend] *= 0.3
             xt = xa[pend] + t[pend, None] * d[pend]
             ft, gt = fg(xt, a[pend])
             acc = np.isfinite(ft) & np.isfinite(gt).all(1) & (ft <= fa[pend] + 1e-4 * t[pend] * gd[pend])
@@ -98,17 +107,14 @@ def minimize_batched(fg: FG, x0: np.ndarray, maxiter: int = 1000, m: int = 10,
             x_new[s_], f_new[s_], g_new[s_] = xt[acc], ft[acc], gt[acc]
             ok[s_] = True
             pend = pend[~acc]
-            if pend.size == 0:
-                break
-            t[pend] *= 0.3
         s = x_new - xa
         yv = g_new - ga
         sy = _dot(s, yv)
         yy = _dot(yv, yv)
         valid = ok & (yy > 0) & (sy > 1e-12 * np.sqrt(_dot(s, s) * yy) + 1e-300)
-        S[slot, a] = np.where(valid[:, None], s, 0.0)
-        Y[slot, a] = np.where(valid[:, None], yv, 0.0)
-        rho[slot, a] = np.where(valid, 1.0 / np.where(valid, sy, 1.0), 0.0)
+        S[a, slot] = np.where(valid[:, None], s, 0.0)
+        Y[a, slot] = np.where(valid[:, None], yv, 0.0)
+        rho[a, slot] = np.where(valid, 1.0 / np.where(valid, sy, 1.0), 0.0)
         gamma[a[valid]] = sy[valid] / yy[valid]
         has_hist[a[valid]] = True
         slot = (slot + 1) % m
