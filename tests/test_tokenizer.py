@@ -1,0 +1,84 @@
+"""Tokenizer training on the tiny preset: runs, lowers the loss, checkpoints, reloads, skips."""
+import json
+
+import pytest
+import torch
+
+from varscale.config import from_dict
+from varscale.train.tokenizer import (existing_complete, load_tokenizer, main, tokenizer_hash,
+                                      train_tokenizer)
+
+torch.set_num_threads(1)
+
+
+def _cfg(**tok):
+    t = {"steps": 40, "batch_size": 16, "lr": 2e-3, "revive_every": 10, "threads": 1}
+    t.update(tok)
+    return from_dict({"model": {"preset": "tiny"}, "tokenizer": t,
+                      "data": {"resolution": 16, "num_classes": 4, "train_images": 200, "val_images": 32}})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("study")
+    cfg = _cfg()
+    logs = []
+    path = train_tokenizer(d, cfg, log=logs.append)
+    return d, cfg, path, logs
+
+
+def test_training_lowers_loss_and_writes_checkpoint(trained):
+    d, cfg, path, logs = trained
+    assert path == d / "tokenizer" / "vqvae.pt" and path.exists()
+    m = json.loads((d / "tokenizer" / "metrics.json").read_text())
+    curve = m["curve"]
+    assert len(curve) >= 2 and curve[-1]["loss"] < curve[0]["loss"]
+    assert len(m["usage_by_scale"]) == 2 and 0 < m["usage_overall"] <= 1
+    assert m["val_psnr"] > 0 and "val PSNR" in logs[-1]
+    obj = torch.load(path, weights_only=True)
+    assert obj["preset"] == "tiny" and obj["complete"] and "state_dict" in obj
+
+
+def test_load_tokenizer_is_frozen_and_hash_is_stable(trained):
+    d, cfg, path, _ = trained
+    vae = load_tokenizer(d, cfg)
+    assert not vae.training and not any(p.requires_grad for p in vae.parameters())
+    m = json.loads((d / "tokenizer" / "metrics.json").read_text())
+    assert tokenizer_hash(vae) == m["tokenizer_hash"] == tokenizer_hash(load_tokenizer(d, cfg))
+
+
+def test_skip_when_complete_and_retrain_on_config_change(trained):
+    d, cfg, path, _ = trained
+    logs = []
+    train_tokenizer(d, cfg, log=logs.append)
+    assert "skipping" in logs[0]
+    assert existing_complete(d, _cfg(steps=41)) is None
+
+
+def test_named_checkpoint_plain_state_dict(trained, tmp_path):
+    d, cfg, path, _ = trained
+    sd = torch.load(path, weights_only=True)["state_dict"]
+    plain = tmp_path / "vae_plain.pth"
+    torch.save(sd, plain)  # the official release is a plain state dict
+    cfg2 = _cfg(checkpoint=str(plain))
+    other = tmp_path / "study2"
+    assert train_tokenizer(other, cfg2, log=lambda s: None) == plain
+    assert tokenizer_hash(load_tokenizer(other, cfg2)) == tokenizer_hash(load_tokenizer(d, cfg))
+    assert not (other / "tokenizer" / "vqvae.pt").exists()
+
+
+def test_pretrained_loss_switches_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="perceptual"):
+        train_tokenizer(tmp_path, _cfg(perceptual_weight=0.5))
+    with pytest.raises(ValueError, match="adversarial"):
+        train_tokenizer(tmp_path, _cfg(adversarial_weight=0.1))
+
+
+def test_missing_tokenizer_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="varscale tokenizer train"):
+        load_tokenizer(tmp_path, _cfg())
+
+
+def test_cli_needs_train_verb(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])
