@@ -55,7 +55,7 @@ def _log_axes(ax) -> None:
         fmt = FuncFormatter(lambda v, _: f"{v:g}")
         ax.yaxis.set_major_formatter(fmt)
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if hi / lo < 4 else ""))
-    ax.grid(True, which="both", alpha=0.25)
+    ax.grid(True, which="major", alpha=0.3)
 
 
 def _budget_name(axis: str, b: float) -> str:
@@ -200,7 +200,7 @@ def training_curves(df: pd.DataFrame, colors=None) -> Figure:
         ax.set_xscale("log")
         ax.set_xlabel(XLABEL["tokens_seen"])
         ax.set_ylabel(t)
-        ax.grid(True, which="both", alpha=0.25)
+        ax.grid(True, which="major", alpha=0.3)
     hs = [Line2D([], [], color=c, label=f"d{d}") for d, c in colors.items()]
     axis = df.attrs.get("budget_axis", "budget_flops")
     hs += [Line2D([], [], color="gray", ls=styles[i % 4], label=_budget_name(axis, b))
@@ -232,7 +232,7 @@ def isoflop_figure(df: pd.DataFrame, metric: str = "test_loss_avg", x_col: str =
     ax.set_xlabel(XLABEL.get(x_col, x_col))
     ax.set_ylabel(LABEL[metric] + " (nats)")
     ax.set_title("IsoFLOP profiles (Approach 2); stars: fitted optima")
-    ax.grid(True, which="both", alpha=0.25)
+    ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7)
     return fig
 
@@ -249,7 +249,7 @@ def quality_figure(q: pd.DataFrame, colors: dict) -> Figure:
             ax.set_xscale("log")
             ax.set_xlabel(XLABEL.get(x, x))
             ax.set_ylabel(c.replace("_", " ") + (" (fraction)" if c == "class_accuracy" else ""))
-            ax.grid(True, which="both", alpha=0.25)
+            ax.grid(True, which="major", alpha=0.3)
         row[0].legend(fontsize=7)
     return fig
 
