@@ -95,7 +95,7 @@ def test_log_range_seeds_and_wsd_costs(tmp_path, capsys):
 
 
 def test_depths_per_budget(tmp_path):
-    d = _study(tmp_path, budgets__depths_per_budget={"1.0e+8": [1], "3.0e+8": [1, 2]})
+    d = _study(tmp_path, budgets__depths_per_budget={"6.0e+7": [1], "2.0e+8": [1, 2]})
     assert P.main([str(d), "--no-write", "--flops-per-s", "1e9"]) == 0
 
 

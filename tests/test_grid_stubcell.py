@@ -30,6 +30,10 @@ def _loss(run_id: str, step: int) -> float:
 
 
 def train_cell(cell_dir: str) -> int:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 does the writing
+        with open(Path(cell_dir) / f"rank{os.environ['RANK']}.log", "a") as f:
+            f.write(f"{os.getpid()} world {os.environ.get('WORLD_SIZE')}\n")
+        return 0
     cell = CellLayout(Path(cell_dir))
     cfg = json.loads(cell.config_json.read_text())
     rid = cfg["run_id"]
@@ -64,7 +68,7 @@ def train_cell(cell_dir: str) -> int:
         if step in ckpts:
             atomic_write_json(ckpt, {"step": step})
         status.update(step=step, tokens_per_s=1000.0)
-        if step % 5 == 0 or step == total:
+        if step % 25 == 0 or step == total:
             atomic_write_json(cell.status_json, status)
     atomic_write_json(cell.status_json, {**status, "state": "done"})
     cell.done.write_text("done\n")

@@ -5,6 +5,7 @@ Each launcher runs as its own process (``varscale run --only-cells``), as a user
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -80,14 +81,6 @@ def test_runs_every_cell_then_second_run_does_nothing(tmp_path):
     assert metrics(s) == first
 
 
-def test_parallel_cells(tmp_path):
-    s = make_study(tmp_path)
-    rc, out = run(s, "--parallel", "2", STUB_SLEEP="0.005")
-    assert rc == 0, out
-    assert "2 cell(s) at a time" in out
-    assert all((c / "DONE").exists() for c in cell_dirs(s))
-
-
 def _wait_for(pred, timeout: float = 120.0) -> None:
     t0 = time.time()
     while not pred():
@@ -138,25 +131,26 @@ def test_two_concurrent_launchers_run_each_cell_once(tmp_path):
 
 def test_failed_cell_keeps_traceback_others_go_on(tmp_path):
     s = make_study(tmp_path)
-    rc, out = run(s, STUB_FAIL="d2-c1e8-*", STUB_DIVERGE="d1-c3e8-*")
+    rc, out = run(s, "--parallel", "2", STUB_FAIL="d2-c6e7-*", STUB_DIVERGE="d1-c2e8-*")
     assert rc == 1, out
+    assert "2 cell(s) at a time" in out
     by = {c.name.split("-s0-")[0]: c for c in cell_dirs(s)}
-    tb = (by["d2-c1e8"] / "traceback.txt").read_text()
+    tb = (by["d2-c6e7"] / "traceback.txt").read_text()
     assert "stub failure" in tb
-    assert (by["d1-c1e8"] / "DONE").exists() and (by["d2-c3e8"] / "DONE").exists()
-    assert "FAILED cells: d2-c1e8" in out
-    assert "DIVERGED" in out and "d1-c3e8" in out
+    assert (by["d1-c6e7"] / "DONE").exists() and (by["d2-c2e8"] / "DONE").exists()
+    assert "FAILED cells: d2-c6e7" in out
+    assert "DIVERGED" in out and "d1-c2e8" in out
     st = subprocess.run([sys.executable, "-m", "varscale.cli", "status", str(s)], capture_output=True, text=True)
     assert st.returncode == 0
     lines = {ln.split()[0]: ln for ln in st.stdout.splitlines() if ln.startswith("d")}
-    assert " failed " in lines[by["d2-c1e8"].name] and "stub failure" in lines[by["d2-c1e8"].name]
-    assert " diverged " in lines[by["d1-c3e8"].name]
+    assert " failed " in lines[by["d2-c6e7"].name] and "stub failure" in lines[by["d2-c6e7"].name]
+    assert " diverged " in lines[by["d1-c2e8"].name]
     assert "2 done, 1 failed, 1 diverged" in st.stdout
     # the rerun retries the failure (now fixed), leaves the diverged cell alone
     rc, out = run(s)
     assert rc == 0, out
-    assert (by["d2-c1e8"] / "DONE").exists() and not (by["d2-c1e8"] / "traceback.txt").exists()
-    assert starts(by["d1-c3e8"]) == 1
+    assert (by["d2-c6e7"] / "DONE").exists() and not (by["d2-c6e7"] / "traceback.txt").exists()
+    assert starts(by["d1-c2e8"]) == 1
 
 
 def test_slurm_executor_on_submitit_local_cluster(tmp_path):
@@ -167,3 +161,32 @@ def test_slurm_executor_on_submitit_local_cluster(tmp_path):
     assert all((c / "DONE").exists() for c in cell_dirs(s))
     assert len(metrics(s)) == 12
     assert list((s / "slurm").glob("*/*_result.pkl")), "jobs should have gone through submitit"
+
+
+def test_torchrun_executor_runs_each_cell_as_a_process_group(tmp_path):
+    s = make_study(tmp_path)
+    rc, out = run(s, "--executor", "torchrun", "--nproc", "2", "--cells", "d2-*")
+    assert rc == 0, out
+    cells = [c for c in cell_dirs(s) if c.name.startswith("d2-")]
+    assert len(cells) == 2 and all((c / "DONE").exists() for c in cells)
+    assert all("world 2" in (c / "rank1.log").read_text() for c in cells)
+    assert not any(c.name.startswith("d1-") and (c / "DONE").exists() for c in cell_dirs(s))
+
+
+def test_wsd_branches_run_after_their_stable_run(tmp_path):
+    import yaml
+
+    s = make_study(tmp_path)
+    raw = yaml.safe_load((s / "study.yaml").read_text())
+    raw["budgets"]["design"] = "wsd"
+    (s / "study.yaml").write_text(yaml.safe_dump(raw))
+    rc, out = run(s, "--parallel", "2")
+    assert rc == 0, out
+    cfgs = [json.loads((c / "config.json").read_text()) for c in cell_dirs(s)]
+    stable = {c["run_id"]: c for c in cfgs if c["schedule"] == "wsd" and not c["branch_from"]}
+    branches = [c for c in cfgs if c["branch_from"]]
+    assert len(stable) == 2 and len(branches) == 4
+    for b in branches:
+        parent = StudyLayout.of(s).cell(b["branch_from"])
+        first_start = float((StudyLayout.of(s).cell(b["run_id"]).root / "starts.log").read_text().split()[1])
+        assert first_start >= parent.done.stat().st_mtime - 0.01
