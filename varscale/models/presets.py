@@ -4,8 +4,9 @@ Plain Python (no torch) so that config validation and planning can read them.
 
 ``imagenet256`` / ``imagenet512`` are the official release's shapes. The CPU presets keep
 VAR's shape rule (width = head_dim * depth, heads = depth) with a smaller head_dim so that a
-depth 1..8 family spans ~1e4..1e6 parameters, where compute-optimal models sit for the
-~1e13 FLOP budgets a 2-core laptop can spend on a cell (see docs/models.md).
+depth 1..8 family spans ~1.5e4..2.5e6 parameters (cpu32), where compute-optimal models sit for
+the ~1e13 FLOP budgets a 2-core laptop can spend on a cell (see docs/models.md).
+``tiny`` is for tests only: 16x16 images, 2x2 latent grid, L = 5 tokens.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ PRESETS: dict[str, Preset] = {
         Preset("cpu32", 32, (1, 2, 3, 4), 512, 16, 32, (1, 2, 2, 4), head_dim=16, num_classes=10),
         # 64x64 images, 8x8 latent grid, L = 130 tokens
         Preset("cpu64", 64, (1, 2, 3, 4, 6, 8), 1024, 16, 32, (1, 2, 2, 4), head_dim=32, num_classes=10),
-        # tests: seconds per cell
+        # tests: seconds per cell; downsample 8 so the 2x2 latent grid matches patch_nums[-1]
         Preset("tiny", 16, (1, 2), 64, 8, 16, (1, 1, 2, 2), head_dim=8, num_classes=4),
     ]
 }
