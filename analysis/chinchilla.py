@@ -167,7 +167,8 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
         f, g = _objective(th[None], logN, logD, logL, None, delta)
         return float(f[0]), g[0]
 
-    _, _, _, grid = approach3(N, D, L, delta=delta, maxiter=500, ftol=1e-9)
+    # the grid only has to find the basin: the best five starts are polished below
+    _, _, _, grid = approach3(N, D, L, delta=delta, maxiter=200, ftol=1e-9)
     order = np.argsort(np.where(np.isfinite(grid.f), grid.f, np.inf))
     polished = []
     for i in order[:5]:

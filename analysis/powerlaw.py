@@ -143,7 +143,8 @@ def fit_saturating(x: Sequence[float], y: Sequence[float], groups: Sequence | No
     lx, ly = np.log(x), np.log(y)
     S = _sat_starts(lx, ly)
     one = np.ones((1, x.size))
-    res = minimize_batched(lambda th, rows: _sat_objective(th, lx, ly, one), S)
+    # starts only need to find the basin (E -> 0 drifts forever): scipy polishes the best
+    res = minimize_batched(lambda th, rows: _sat_objective(th, lx, ly, one), S, maxiter=300, ftol=1e-10)
     i = int(np.nanargmin(np.where(np.isfinite(res.f), res.f, np.inf)))
 
     def fg1(th):
@@ -167,7 +168,8 @@ def fit_saturating(x: Sequence[float], y: Sequence[float], groups: Sequence | No
     if n_boot:
         W = run_weights(g, x.size, n_boot, seed)
         start = np.tile(th, (n_boot, 1))
-        rb = minimize_batched(lambda t, rows: _sat_objective(t, lx, ly, W[rows]), start)
+        rb = minimize_batched(lambda t, rows: _sat_objective(t, lx, ly, W[rows]), start,
+                              maxiter=300, ftol=1e-10)
         smp = np.stack([np.exp(rb.x[:, 0]), np.exp(rb.x[:, 2]), rb.x[:, 1]], 1)
         smp[~np.isfinite(rb.f)] = np.nan
         attach_ci(fit, names, smp)
