@@ -105,6 +105,8 @@ class MultiScaleQuantizer(nn.Module):
     def embed_map(self, idx_Bl: torch.Tensor, pn: int) -> torch.Tensor:
         """Code indices (B, pn*pn) -> embedding map (B, Cvae, pn, pn)."""
         B = idx_Bl.shape[0]
+        if idx_Bl.dtype not in (torch.int64, torch.int32):  # e.g. an int16 token cache
+            idx_Bl = idx_Bl.long()
         return self.embedding(idx_Bl).transpose(1, 2).reshape(B, self.Cvae, pn, pn)
 
     def _up_phi(self, si: int, h_BCpp: torch.Tensor) -> torch.Tensor:
