@@ -97,6 +97,17 @@ class Fit:
                     f" + {p['B']:.4g}/D^{p['beta']:.3g}")
         return ", ".join(f"{k}={v:.3g}" for k, v in p.items())
 
+    def predict(self, x, d=None) -> np.ndarray:
+        """The fitted law at x (power, saturating, isoflop) or at (N, D) (chinchilla)."""
+        p = self.params
+        x = np.asarray(x, dtype=float)
+        if self.form == "chinchilla":
+            d = np.asarray(d, dtype=float)
+            return p["E"] + p["A"] / x ** p["alpha"] + p["B"] / d ** p["beta"]
+        if self.form == "saturating":
+            return p["E"] + (p["x0"] / x) ** p["alpha"]
+        return np.exp(p["b"] + p["alpha"] * np.log(x))
+
     def to_dict(self) -> dict[str, Any]:
         return _clean({
             "form": self.form, "metric": self.metric, "x": self.x, "group": self.group,

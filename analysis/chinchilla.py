@@ -219,15 +219,6 @@ def _flag_bounds(fit: Fit, th: np.ndarray) -> None:
         fit.warnings.append("E at its bound 0: no irreducible loss resolved")
 
 
-def _predict(fit: Fit, N, D) -> np.ndarray:
-    p = fit.params
-    N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
-    return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
-
-
-Fit.predict = _predict  # type: ignore[attr-defined]
-
-
 # --------------------------------------------------------------------------- Approach 2
 
 

@@ -342,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = make_figures(a.study_dir, a.x, a.compute, not a.no_floor, a.floor_last, a.floor_avg,
                          tuple(a.formats.split(",")))
-    if not files:
-        print("varscale figures: no evaluations yet", file=sys.stderr)
-        return 1
+    if not files:  # not an error: nothing has been evaluated yet
+        print("varscale figures: no evaluations yet, no figures")
+        return 0
     for p in files:
         print(p)
     return 0

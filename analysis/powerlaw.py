@@ -82,11 +82,8 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], groups: Sequence | Non
 
 
 def predict_power(fit: Fit, x) -> np.ndarray:
-    x = np.asarray(x, dtype=float)
-    p = fit.params
-    if fit.form == "saturating":
-        return p["E"] + (p["x0"] / x) ** p["alpha"]
-    return np.exp(p["b"] + p["alpha"] * np.log(x))
+    """The one-variable law of ``fit`` at x (same as ``fit.predict(x)``)."""
+    return fit.predict(x)
 
 
 # --------------------------------------------------------------------------- saturating
