@@ -35,9 +35,11 @@ def ensure_dist_env() -> tuple[int, int, int]:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
+    if os.environ.get("MASTER_PORT", "0") == "0":
         if os.environ["WORLD_SIZE"] != "1":
-            raise RuntimeError("MASTER_PORT is not set for a multi-process run; use torchrun or set it")
+            # torchrun --master_port 0 hands port 0 to the ranks, which then wait forever
+            raise RuntimeError("MASTER_PORT is unset or 0 in a multi-process run; give torchrun a real "
+                               "--master_port (or use --standalone)")
         os.environ["MASTER_PORT"] = str(free_port())
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
 

@@ -613,6 +613,11 @@ def train_cell(cell_dir: str | os.PathLike) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: for hung runs
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     ap = argparse.ArgumentParser(prog="varscale train", description="train one cell (a cells/<run_id> folder)")
     ap.add_argument("cell_dir")
     args = ap.parse_args(argv)

@@ -1,0 +1,83 @@
+"""kill -9 of a real training process, then rerun: rows kept, none duplicated, same numbers."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+
+from test_trainer_kit import CLOCK_COLUMNS, PY, env, make_study, metrics, train
+
+STEPS = 60
+
+
+def _latest_step(cell_dir):
+    try:
+        return json.loads((cell_dir / "checkpoints" / "LATEST.json").read_text())["step"]
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _kill_after(cell_dir, min_step, extra_delay):
+    """Start training, SIGKILL it once a checkpoint at >= min_step exists (+ extra_delay s)."""
+    p = subprocess.Popen([PY, "-m", "varscale.train.trainer", str(cell_dir)],
+                         env=env(VARSCALE_TEST_STEP_DELAY="0.05"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while _latest_step(cell_dir) < min_step and p.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(extra_delay)
+        assert p.poll() is None, "training finished before it could be killed"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == -signal.SIGKILL
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    _, cells = make_study(tmp_path / "s", budgets={"values": [16 * 5 * STEPS]},
+                          training={"checkpoint_every": 10, "zero_stage": 1},
+                          evaluation={"min_step": 2, "num_evals": 8})
+    cell = cells[0]
+    ref = tmp_path / "s" / "cells" / cell.run_id
+    victim = tmp_path / "victim"
+    shutil.copytree(ref, victim)
+
+    r = train(ref)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    _kill_after(victim, min_step=10, extra_delay=0.13)  # somewhere between checkpoints
+    killed_rows = sorted(p.name for p in (victim / "metrics").glob("part-*.parquet"))
+    assert killed_rows, "no row written before the kill"
+    assert not (victim / "DONE").exists()
+    _kill_after(victim, min_step=_latest_step(victim) + 10, extra_delay=0.0)  # right after a save
+    r = train(victim)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step" in r.stdout
+
+    a, b = metrics(ref), metrics(victim)
+    assert list(b["step"]) == cell.eval_steps  # every evaluation once, none duplicated
+    assert len(list((victim / "metrics").glob("part-*.parquet"))) == len(cell.eval_steps)
+    num = [c for c in a.columns if c not in CLOCK_COLUMNS]
+    for c in num:
+        if a[c].dtype == object:
+            x, y = np.stack(a[c].map(np.asarray)), np.stack(b[c].map(np.asarray))
+            if x.dtype.kind == "f":
+                np.testing.assert_allclose(y, x, rtol=0, atol=1e-5, err_msg=c)
+            else:
+                assert (x == y).all(), c
+        elif a[c].dtype.kind == "f":
+            np.testing.assert_allclose(b[c], a[c], rtol=1e-6, atol=1e-5, err_msg=c)
+        else:
+            assert (a[c] == b[c]).all(), c
+    ra = pd.read_parquet(ref / "record.parquet")
+    rb = pd.read_parquet(victim / "record.parquet")
+    assert abs(ra["final_test_loss_avg"][0] - rb["final_test_loss_avg"][0]) < 1e-5
+    # at most the last two checkpoints are kept
+    assert len([d for d in (victim / "checkpoints").iterdir() if d.is_dir()]) <= 2
