@@ -168,3 +168,28 @@ def test_training_step_and_bf16_autocast():
         assert torch.isfinite(loss)
         assert var.blocks[0].attn.mat_qkv.weight.grad.abs().sum() > 0
         assert var.word_embed.weight.grad.abs().sum() > 0
+
+
+def test_var_overrides_from_model_config():
+    from varscale.config import ModelConfig
+    from varscale.models import var_config, var_overrides
+
+    mc = ModelConfig(head_dim=8, drop_path=False, class_dropout_in_eval=True, aln_gamma_init=1e-4, fused=False)
+    cfg = var_config("cpu32", 3, **var_overrides(mc))
+    assert (cfg.head_dim, cfg.width, cfg.heads) == (8, 24, 3)
+    assert cfg.max_drop_path == 0.0 and cfg.class_dropout_in_eval and not cfg.fused
+    assert cfg.aln_gamma_init == 1e-4
+    assert var_config("cpu32", 3, **var_overrides(ModelConfig())).head_dim == PRESETS["cpu32"].head_dim
+    assert var_config("imagenet256", 24).max_drop_path == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    vae, var = _model("tiny", 2)
+    cfg = var.cfg
+    label = torch.tensor([0, 1])
+    x = vae.idx_to_var_input(_tokens(cfg, 2))
+    with torch.no_grad():
+        ref = var(label, x)
+        out = torch.compile(var)(label, x)
+    assert torch.allclose(ref, out, atol=1e-5)
