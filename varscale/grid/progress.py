@@ -52,7 +52,7 @@ class Progress:
         if p is not None and p.bars and p.study_bar is not None:
             from tqdm import tqdm
 
-            tqdm.write(msg, file=sys.stderr)
+            tqdm.write(msg, file=sys.stdout)  # clears and redraws the bars (on stderr) around it
         else:
             print(msg, flush=True)
 
@@ -66,8 +66,8 @@ class Progress:
         if self.bars and len(done) < len(cells):
             from tqdm import tqdm
 
-            self.study_bar = tqdm(total=100.0, position=0, leave=True, file=sys.stderr,
-                                  bar_format="{desc} |{bar}| {postfix}", dynamic_ncols=True)
+            # a status line more than a bar: the text carries the numbers, drawn by hand
+            self.study_bar = tqdm(total=1, position=0, leave=True, file=sys.stderr, bar_format="{desc}")
             self._update_study({})
 
     def count(self) -> str:
@@ -78,7 +78,8 @@ class Progress:
             return
         from tqdm import tqdm
 
-        pos = 1 + len(self.cell_bars)
+        taken = {b.pos for b in self.cell_bars.values()}
+        pos = next(i for i in range(1, len(taken) + 2) if i not in taken and -i not in taken)
         self.cell_bars[rid] = tqdm(total=self.steps.get(rid, 0), desc=rid, position=pos, leave=False,
                                    file=sys.stderr, unit="step", dynamic_ncols=True)
 
@@ -115,10 +116,8 @@ class Progress:
 
     def _update_study(self, running: dict[str, Any]) -> None:
         pct, line = self._line(running)
-        self.study_bar.n = min(pct, 100.0)
-        self.study_bar.set_description_str(f"study {len(self.finished_ids)}/{len(self.cost)}", refresh=False)
-        self.study_bar.set_postfix_str(line.split(", ", 1)[1], refresh=False)
-        self.study_bar.refresh()
+        k = int(round(20 * min(pct, 100.0) / 100))
+        self.study_bar.set_description_str(f"study [{'#' * k}{'.' * (20 - k)}] {line}", refresh=True)
 
     def tick(self, running: dict[str, Any]) -> None:
         if self.study_bar is not None:
