@@ -345,6 +345,32 @@ class SlurmExecutor:
                 f"{s.gpus_per_node} GPU(s)/node, {s.time_min} min, partition {s.partition or 'default'}, "
                 f"{self.parallel} job(s) at a time; logs in {self.folder}")
 
+    def prepare(self, study_dir: Path, log: Callable[[str], None], poll_s: float = 2.0) -> bool:
+        """Run tokenizer + tokens as one single-node job and wait for it; True if it did work."""
+        import submitit
+
+        s = self.slurm
+        ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
+        params: dict[str, Any] = dict(timeout_min=int(s.time_min), nodes=1, tasks_per_node=1,
+                                      cpus_per_task=int(s.cpus_per_task), mem_gb=int(s.mem_gb),
+                                      name=f"varscale-prepare-{Path(study_dir).name}")
+        if s.gpus_per_node:
+            params["gpus_per_node"] = 1
+        if s.partition:
+            params["slurm_partition"] = s.partition
+        if s.additional_parameters:
+            params["slurm_additional_parameters"] = dict(s.additional_parameters)
+        ex.update_parameters(**params)
+        job = ex.submit(PrepareJob(str(Path(study_dir).resolve()), {**thread_env(self.threads), **_passthrough_env()}))
+        log(f"tokenizer, tokens: running as job {job.job_id} ({self.cluster}); log {job.paths.stdout}")
+        while not job.done():
+            time.sleep(poll_s)
+        out = job.result()  # raises with the job's traceback if it failed
+        for line in (job.stdout() or "").splitlines():
+            if line.startswith(("tokenizer:", "tokens:")):
+                log("  " + line)
+        return bool(out)
+
     def _job(self, cell: CellLayout) -> SlurmCellJob:
         return SlurmCellJob(str(cell.root.resolve()), self.nproc, self.threads, int(self.slurm.nodes),
                             {**thread_env(self.threads), **_passthrough_env()})
@@ -364,6 +390,30 @@ class SlurmExecutor:
         if self.cluster != "slurm":
             for h in handles:
                 h.stop()
+
+
+class PrepareJob:
+    """A Slurm job for the one-off stages (tokenizer, token cache): they need the GPU and the
+    dataset, which a login node running the launcher may not have."""
+
+    def __init__(self, study_dir: str, env: dict[str, str]):
+        self.study_dir, self.env = study_dir, env
+
+    def __call__(self) -> bool:
+        os.environ.update(self.env)
+        from varscale.config import load_study
+        from varscale.grid.launch import stage_tokenizer, stage_tokens
+        from varscale.schema import StudyLayout
+
+        cfg = load_study(self.study_dir)
+        layout = StudyLayout.of(self.study_dir)
+        worked = stage_tokenizer(layout, cfg)
+        return stage_tokens(layout, cfg) or worked
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
 
 
 def _passthrough_env() -> dict[str, str]:

@@ -346,6 +346,18 @@ def _visible_gpus(cfg: StudyConfig) -> list[str]:
         return []
 
 
+def _inputs_ready(layout: StudyLayout, cfg: StudyConfig) -> bool:
+    """Tokenizer and token cache look complete (cheap check, before sending a job for them)."""
+    meta = read_json(layout.tokens_dir / "meta.json")
+    if not meta or meta.get("data_hash") != cfg.hash("data"):
+        return False
+    if cfg.tokenizer.checkpoint:
+        return (layout.tokenizer_dir / "metrics.json").exists()
+    from varscale.train.tokenizer import existing_complete
+
+    return existing_complete(layout.root, cfg) is not None
+
+
 def _interrupt_on_term(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -360,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nproc", type=int, help="processes per cell (default: execution.nproc_per_node)")
     ap.add_argument("--cluster", choices=["slurm", "local", "debug"], help="submitit cluster (default: execution.slurm.cluster)")
     ap.add_argument("--only-cells", action="store_true", help="run the cells only: no tokenizer, tokens, fit or figures")
+    ap.add_argument("--prepare-here", action="store_true",
+                    help="slurm executor: train the tokenizer and encode the tokens in this process, not as a job")
     ap.add_argument("--no-analysis", action="store_true", help="stop after the cells (no fit, no figures)")
     ap.add_argument("--cells", metavar="GLOB", help="only the cells whose run id matches (e.g. 'd2-*')")
     ap.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
@@ -411,12 +425,15 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     write_plan(layout, cfg, cells if not a.cells else plan_cells(cfg, layout.root))
 
     worked = False
+    executor = make_executor(name, cfg, layout, parallel, threads, nproc, a.cluster)
     if not a.only_cells:
-        worked |= stage_tokenizer(layout, cfg)
-        worked |= stage_tokens(layout, cfg)
+        if isinstance(executor, X.SlurmExecutor) and not a.prepare_here and not _inputs_ready(layout, cfg):
+            worked |= executor.prepare(layout.root, say)
+        else:
+            worked |= stage_tokenizer(layout, cfg)
+            worked |= stage_tokens(layout, cfg)
     for c in cells:
         write_cell(layout.root, c)
-    executor = make_executor(name, cfg, layout, parallel, threads, nproc, a.cluster)
     res = run_cells(layout, cells, executor, progress)
     if res.interrupted:
         say("interrupted; 'varscale run' again resumes where this one stopped")
