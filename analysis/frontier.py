@@ -59,8 +59,9 @@ def fit_frontier(df: pd.DataFrame, x: str = "flops", y: str = "test_loss_last",
     fit.extra["x_range"] = [float(xv[m].min()), float(xv[m].max())] if m.any() else []
     if dropped:
         fit.warnings.append(f"{dropped} evaluation(s) at or below the floor dropped")
-    if n_boot and m.sum() >= 2:
-        _, inv = np.unique(runs, return_inverse=True)
+    if n_boot and len(np.unique(runs)) < 3:
+        fit.warnings.append(f"only {len(np.unique(runs))} runs: no bootstrap interval")
+    elif n_boot and m.sum() >= 2:
         W = run_weights(runs, xv.size, n_boot, seed)
         lx, ly = np.log(xv), np.log(yv)
         smp = np.full((n_boot, 3), np.nan)

@@ -64,14 +64,17 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], groups: Sequence | Non
         return fit
     slope, icpt = _wls_loglog(lx, ly, np.ones((1, x.size)))
     alpha, b = float(slope[0]), float(icpt[0])
-    fit.params = {"k": float(np.exp(b / alpha)) if alpha != 0 else float("nan"), "alpha": alpha, "b": b}
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        # k = exp(b / alpha) leaves float range when alpha ~ 0: then k is inf, alpha still holds
+        fit.params = {"k": float(np.exp(b / alpha)) if alpha != 0 else float("nan"), "alpha": alpha, "b": b}
     fit.r = float(np.corrcoef(lx, ly)[0, 1]) if x.size > 2 or np.ptp(ly) > 0 else float("nan")
     resid = ly - (alpha * lx + b)
     fit.extra["rmse_log"] = float(np.sqrt(np.mean(resid ** 2)))
     if x.size < 3:
         fit.warnings.append("two points: the line passes through both, r is +-1 by construction")
     if fit.n_runs < 3 and n_boot:
-        fit.warnings.append(f"only {fit.n_runs} runs: bootstrap intervals are not meaningful")
+        fit.warnings.append(f"only {fit.n_runs} runs: no bootstrap interval")
+        n_boot = 0
     if n_boot:
         W = run_weights(g, x.size, n_boot, seed)
         sl, ic = _wls_loglog(lx, ly, W)
