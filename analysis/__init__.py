@@ -13,7 +13,7 @@ import those modules with ``from analysis.load import ...`` style paths, since t
 ``analysis.load`` is the function.
 """
 from .bootstrap import Fit
-from .chinchilla import fit_chinchilla, hoffmann_grid, isoflop
+from .chinchilla import extrapolation_check_chinchilla, fit_chinchilla, hoffmann_grid, isoflop
 from .frontier import fit_frontier, pareto_mask
 from .load import cells, final_rows, floors
 from .load import load  # noqa: E402  (the function shadows the submodule's attribute)
@@ -21,4 +21,4 @@ from .powerlaw import extrapolation_check, fit_power_law, fit_saturating, predic
 
 __all__ = ["Fit", "load", "final_rows", "cells", "floors", "fit_power_law", "fit_saturating",
            "fit_frontier", "pareto_mask", "fit_chinchilla", "isoflop", "hoffmann_grid",
-           "extrapolation_check", "predict_power"]
+           "extrapolation_check", "extrapolation_check_chinchilla", "predict_power"]

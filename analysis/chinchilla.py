@@ -219,6 +219,22 @@ def _flag_bounds(fit: Fit, th: np.ndarray) -> None:
         fit.warnings.append("E at its bound 0: no irreducible loss resolved")
 
 
+def extrapolation_check_chinchilla(N, D, L, metric: str = "loss", group: str = "") -> dict:
+    """Approach 3 without the largest model (every run at the largest N), then predict those
+    runs: the mean signed relative error (predicted - observed) / observed."""
+    N, D, L = (np.asarray(v, dtype=float).reshape(-1) for v in (N, D, L))
+    held = N == N.max()
+    out = {"form": "chinchilla", "metric": metric, "x": "N, D", "group": group}
+    if (~held).sum() < 6:
+        return {**out, "warning": "fewer than 6 points without the largest model"}
+    f = fit_chinchilla(N[~held], D[~held], L[~held], n_boot=0, metric=metric)
+    pred = f.predict(N[held], D[held])
+    rel = (pred - L[held]) / L[held]
+    return {**out, "x_held_out": float(N.max()), "x_max_fitted": float(N[~held].max()),
+            "n_fit": f.n, "predicted": float(pred.mean()), "observed": float(L[held].mean()),
+            "rel_error": float(rel.mean()), "rel_error_each": rel.tolist(), "fit": f.to_dict()}
+
+
 # --------------------------------------------------------------------------- Approach 2
 
 

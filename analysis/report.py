@@ -23,7 +23,7 @@ import pandas as pd
 from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
 
 from .bootstrap import DEFAULT_BOOT, Fit
-from .chinchilla import fit_chinchilla, isoflop
+from .chinchilla import extrapolation_check_chinchilla, fit_chinchilla, isoflop
 from .frontier import fit_frontier
 from .load import LOSSES, METRICS, cells, final_rows, floors, load
 from .powerlaw import extrapolation_check, fit_power_law, fit_saturating
@@ -99,6 +99,8 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
         for m in LOSSES:
             fits.append(fit_chinchilla(fr[x_col], fr["tokens_seen"], fr[m], groups=fr["run_id"],
                                        n_boot=nb, seed=seed, metric=m, group="final evaluations"))
+            out["extrapolation"].append(extrapolation_check_chinchilla(
+                fr[x_col], fr["tokens_seen"], fr[m], metric=m, group="final evaluations"))
     else:
         out["notes"].append("Approach 3 needs >= 6 finished runs with both N and D varying")
     # --- Approach 2 for FLOP budgets with several depths

@@ -183,3 +183,25 @@ def test_isoflop_finds_the_optimum_and_flags_edges():
     small = N < np.array([(c / 6) ** 0.5 for c in C]) * 0.9
     res2 = analysis.isoflop(N[small], C[small], L[small], n_boot=0)
     assert any("edge" in (p["warning"] or "") for p in res2["parabolas"])
+
+
+def test_chinchilla_extrapolation_check():
+    N, D = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 3e9, 5), np.geomspace(1e9, 3e11, 4)))
+    L = 1.8 + 450 / N ** 0.34 + 2000 / D ** 0.30
+    e = analysis.extrapolation_check_chinchilla(N, D, L)
+    assert e["x_held_out"] == pytest.approx(3e9) and e["n_fit"] == 16
+    assert abs(e["rel_error"]) < 1e-3
+
+
+@pytest.mark.slow
+def test_chinchilla_intervals_cover():
+    # 40 repeated 6 x 6 experiments, 1% noise, 300 resamples each: coverage of alpha and beta
+    hits = np.zeros(2)
+    T = 40
+    N, D = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 3e9, 6), np.geomspace(1e9, 3e11, 6)))
+    for t in range(T):
+        rng = np.random.default_rng(100 + t)
+        L = (1.8 + 450 / N ** 0.34 + 2000 / D ** 0.30) * np.exp(rng.normal(0, 0.01, N.size))
+        f = analysis.fit_chinchilla(N, D, L, n_boot=300, seed=t)
+        hits += [f.ci["alpha"][0] <= 0.34 <= f.ci["alpha"][1], f.ci["beta"][0] <= 0.30 <= f.ci["beta"][1]]
+    assert (hits / T >= 0.8).all(), hits / T
