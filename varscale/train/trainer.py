@@ -120,7 +120,8 @@ class TeacherForcing:
     pass otherwise costs a sizeable share of a step.
     """
 
-    def __init__(self, vae, cache, device, precompute: bool = False, chunk: int = 1024):
+    def __init__(self, vae, cache, device, precompute: bool = False, chunk: int = 1024,
+                 limit: Optional[int] = None):
         import torch
 
         self.vae, self.cache, self.device = vae, cache, device
@@ -128,8 +129,9 @@ class TeacherForcing:
         self.x_NlC = None
         if precompute:
             parts = []
-            for s in range(0, len(cache), chunk):
-                rows = np.arange(s, min(s + chunk, len(cache)))
+            n = len(cache) if limit is None else min(limit, len(cache))
+            for s in range(0, n, chunk):
+                rows = np.arange(s, min(s + chunk, n))
                 parts.append(self._compute(cache.batch(rows)[0]).cpu())
             self.x_NlC = torch.cat(parts) if parts else None
 
@@ -144,7 +146,7 @@ class TeacherForcing:
         import torch
 
         idx_BL, label_B = self.cache.batch(rows)
-        if self.x_NlC is not None:
+        if self.x_NlC is not None and int(np.max(rows)) < len(self.x_NlC):
             x_BlC = self.x_NlC[torch.from_numpy(np.asarray(rows))].to(self.device)
         else:
             x_BlC = self._compute(idx_BL)
@@ -289,9 +291,10 @@ class CellRun:
             else contextlib.nullcontext
 
         self.batches = Batches(len(self.train_cache), c.batch_size, c.seed, self.rank, self.world)
-        precompute = os.environ.get("VARSCALE_PRECOMPUTE_INPUT", "1") != "0"
-        self.tf_train = TeacherForcing(self.vae, self.train_cache, self.device, precompute)
-        self.tf_val = TeacherForcing(self.vae, self.val_cache, self.device, precompute)
+        pre_train, pre_val = self.precompute_plan()
+        self.tf_train = TeacherForcing(self.vae, self.train_cache, self.device, pre_train)
+        self.tf_val = TeacherForcing(self.vae, self.val_cache, self.device, pre_val,
+                                     limit=c.evaluation.get("max_images"))
         self.eval_at = {s: i for i, s in enumerate(c.eval_steps)}
         self.ckpt_at = set(c.checkpoint_steps) | set(c.keep_steps)
         self.label_smoothing = float(tr.get("label_smoothing", 0.0))
@@ -303,6 +306,29 @@ class CellRun:
         self.nan_at = int(nan_at) if nan_at else None
         self.step_delay = float(os.environ.get("VARSCALE_TEST_STEP_DELAY", "0") or 0)
         self.timing["setup"] = time.perf_counter() - t0
+
+    def precompute_plan(self) -> tuple[bool, bool]:
+        """Whether to precompute the teacher-forcing inputs of (train, val) once.
+
+        The VQVAE's pass costs ~15-20% of a step at depth 1-2 on CPU (docs/training.md), so
+        it is done once per image when that is cheaper than once per use (train: the run sees
+        at least the whole split; val: always, it is evaluated repeatedly) and the array fits
+        in ``VARSCALE_PRECOMPUTE_MAX_GB`` (default 2). ``VARSCALE_PRECOMPUTE_INPUT=0/1`` forces it.
+        Decided from the cell's config only, so a resumed run decides the same way.
+        """
+        force = os.environ.get("VARSCALE_PRECOMPUTE_INPUT")
+        if force in ("0", "1"):
+            return force == "1", force == "1"
+        c = self.cell
+        cvae = int(self.vae.Cvae)
+        cap = float(os.environ.get("VARSCALE_PRECOMPUTE_MAX_GB", "2")) * 2 ** 30
+        size = lambda n: n * (c.seq_len - 1) * cvae * 4  # noqa: E731  (fp32 bytes, generous L-1)
+        n_tr, n_val = len(self.train_cache), len(self.val_cache)
+        ev = c.evaluation.get("max_images")
+        n_val = min(n_val, ev) if ev else n_val
+        train = c.total_steps * c.batch_size >= n_tr and size(n_tr) + size(n_val) <= cap
+        val = size(n_val) <= cap
+        return train, val
 
     # ------------------------------------------------------------------ checkpoints
     def client_state(self) -> dict[str, Any]:
