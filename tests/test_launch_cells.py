@@ -190,3 +190,23 @@ def test_wsd_branches_run_after_their_stable_run(tmp_path):
         parent = StudyLayout.of(s).cell(b["branch_from"])
         first_start = float((StudyLayout.of(s).cell(b["run_id"]).root / "starts.log").read_text().split()[1])
         assert first_start >= parent.done.stat().st_mtime - 0.01
+
+
+def test_ctrl_c_stops_cells_releases_locks_and_rerun_resumes(tmp_path):
+    s = make_study(tmp_path)
+    cmd = [sys.executable, "-m", "varscale.cli", "run", str(s), "--only-cells"]
+    p = subprocess.Popen(cmd, env=env(STUB_SLEEP="0.01"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    cells = StudyLayout.of(s).cells_dir
+    _wait_for(lambda: list(cells.glob("*/DONE")) and any(
+        (c / "checkpoints" / "latest.json").exists() and not (c / "DONE").exists() for c in cells.glob("*")))
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out
+    assert "interrupted" in out
+    assert not list(cells.glob("*/LOCK")), "every worker releases its lock"
+    rc, out = run(s)
+    assert rc == 0, out
+    assert any(starts(c) == 2 for c in cell_dirs(s))  # the interrupted cell ran again (and resumed)
+    m = metrics(s)
+    assert len(m) == len(set((r, st) for r, st, _ in m)) == 12

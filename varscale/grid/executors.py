@@ -61,6 +61,14 @@ def _term_as_exit(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _shield_signals() -> None:
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def thread_env(threads: Optional[int]) -> dict[str, str]:
     if not threads:
         return {}
@@ -113,6 +121,7 @@ def run_cell(cell_dir: str | os.PathLike, nproc: int = 1, threads: Optional[int]
             _mark_failed(cell, "the trainer returned 1 (failed) without a traceback\n")
         return rc
     finally:
+        _shield_signals()  # a second Ctrl-C / SIGTERM must not cut the release short
         lock.release()
 
 
@@ -233,6 +242,11 @@ class LocalExecutor:
         return Handle(cell, proc=p)
 
     def shutdown(self, handles: list[Handle], grace_s: float = 30.0) -> None:
+        # after Ctrl-C the workers got SIGINT too (same process group): give them a moment
+        # to stop on their own, then SIGTERM (the launcher alone was signalled), then kill
+        t0 = time.monotonic()
+        while any(h.poll() is None for h in handles) and time.monotonic() - t0 < 3.0:
+            time.sleep(0.05)
         for h in handles:
             h.stop()
         for h in handles:
