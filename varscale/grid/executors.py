@@ -87,7 +87,7 @@ def _mark_failed(cell: CellLayout, tb: str) -> None:
 
 
 def run_cell(cell_dir: str | os.PathLike, nproc: int = 1, threads: Optional[int] = None,
-             torchrun: Optional[list[str]] = None) -> int:
+             torchrun: bool = False) -> int:
     """Own one cell for its whole training: lock, train (in-process or torchrun), unlock."""
     cell = CellLayout(Path(cell_dir))
     if cell.done.exists():
@@ -125,9 +125,9 @@ def run_cell(cell_dir: str | os.PathLike, nproc: int = 1, threads: Optional[int]
         lock.release()
 
 
-def _run_torchrun(cell: CellLayout, nproc: int, threads: Optional[int], torchrun: Optional[list[str]]) -> int:
+def _run_torchrun(cell: CellLayout, nproc: int, threads: Optional[int], torchrun: bool) -> int:
     """A multi-process cell: torchrun runs ``nproc`` ranks of the cell function."""
-    cmd = list(torchrun or [sys.executable, "-m", "torch.distributed.run"])
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
     cmd += ["--standalone", f"--nproc_per_node={nproc}", "-m", "varscale.grid.executors", "rank", str(cell.root)]
     env = {**os.environ, **thread_env(max(1, (threads or 0) // nproc) if threads else None)}
     with open(cell.log, "ab") as log:
@@ -162,11 +162,12 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("cell_dir")
     ap.add_argument("--nproc", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--torchrun", action="store_true", help="under torchrun even with one process")
     a = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _term_as_exit)
     if a.mode == "rank":
         return _rank_main(a.cell_dir)
-    return run_cell(a.cell_dir, nproc=a.nproc, threads=a.threads)
+    return run_cell(a.cell_dir, nproc=a.nproc, threads=a.threads, torchrun=a.torchrun)
 
 
 # --------------------------------------------------------------------------- executors
@@ -225,7 +226,7 @@ class LocalExecutor:
         return self.parallel
 
     def describe(self) -> str:
-        extra = f", {self.nproc} processes per cell (torchrun)" if self.nproc > 1 else ""
+        extra = f", {self.nproc} process(es) per cell (torchrun)" if self.nproc > 1 or self.name == "torchrun" else ""
         return f"{self.name}: {self.parallel} cell(s) at a time, {self.threads} thread(s) each{extra}"
 
     def submit(self, cell: CellLayout) -> Handle:
@@ -235,6 +236,8 @@ class LocalExecutor:
             self._slot += 1
         cmd = [sys.executable, "-m", "varscale.grid.executors", "cell", str(cell.root),
                "--nproc", str(self.nproc), "--threads", str(self.threads)]
+        if self.name == "torchrun":
+            cmd.append("--torchrun")
         cell.root.mkdir(parents=True, exist_ok=True)
         with open(cell.log, "ab") as log:
             p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,

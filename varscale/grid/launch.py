@@ -390,8 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     name = a.executor or ex.executor
     parallel = a.parallel or ex.parallel
     nproc = a.nproc or ex.nproc_per_node
-    if name == "torchrun" and nproc < 2 and a.nproc is None:
-        nproc = max(nproc, 1)
     threads = a.threads or ex.threads
     old_term = signal.signal(signal.SIGTERM, _interrupt_on_term)
     progress = Progress(a.progress)
@@ -425,15 +423,34 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     write_plan(layout, cfg, cells if not a.cells else plan_cells(cfg, layout.root))
 
     worked = False
-    executor = make_executor(name, cfg, layout, parallel, threads, nproc, a.cluster)
+    try:
+        executor = make_executor(name, cfg, layout, parallel, threads, nproc, a.cluster)
+    except RuntimeError as e:  # submitit: no srun on this machine
+        print(f"varscale run: cannot use the {name} executor here: {e}\n"
+              f"  (--cluster local runs the same submitit path on this machine; --executor local runs cells here)",
+              file=sys.stderr)
+        return 2
     if not a.only_cells:
-        if isinstance(executor, X.SlurmExecutor) and not a.prepare_here and not _inputs_ready(layout, cfg):
-            worked |= executor.prepare(layout.root, say)
-        else:
-            worked |= stage_tokenizer(layout, cfg)
-            worked |= stage_tokens(layout, cfg)
-    for c in cells:
-        write_cell(layout.root, c)
+        try:
+            if isinstance(executor, X.SlurmExecutor) and not a.prepare_here and not _inputs_ready(layout, cfg):
+                worked |= executor.prepare(layout.root, say)
+            else:
+                worked |= stage_tokenizer(layout, cfg)
+                worked |= stage_tokens(layout, cfg)
+        except Exception as e:  # noqa: BLE001 - one line here, the whole story in a file
+            import traceback
+
+            tb = layout.root / "prepare.traceback.txt"
+            tb.write_text(traceback.format_exc())
+            print(f"varscale run: preparing the tokenizer / token cache FAILED: {type(e).__name__}: {e}\n"
+                  f"  (traceback in {tb}); no cell was started", file=sys.stderr)
+            return 1
+    try:
+        for c in cells:
+            write_cell(layout.root, c)
+    except PlanError as e:
+        print(f"varscale run: {e}", file=sys.stderr)
+        return 2
     res = run_cells(layout, cells, executor, progress)
     if res.interrupted:
         say("interrupted; 'varscale run' again resumes where this one stopped")
