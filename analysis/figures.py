@@ -52,9 +52,12 @@ def _log_axes(ax) -> None:
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
     if lo > 0 and hi / lo < 30:
-        fmt = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(fmt)
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if hi / lo < 4 else ""))
+        def minor(v, _):  # a narrow log axis has few or no decades: label 1-2-3-5 ticks
+            lead = int(f"{v:.0e}"[0])
+            return f"{v:.3g}" if hi / lo < 3 or lead in (1, 2, 3, 5) else ""
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(minor))
     ax.grid(True, which="major", alpha=0.3)
 
 
