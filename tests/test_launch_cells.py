@@ -163,6 +163,7 @@ def test_slurm_executor_on_submitit_local_cluster(tmp_path):
     assert list((s / "slurm").glob("*/*_result.pkl")), "jobs should have gone through submitit"
 
 
+@pytest.mark.slow
 def test_torchrun_executor_runs_each_cell_as_a_process_group(tmp_path):
     s = make_study(tmp_path)
     rc, out = run(s, "--executor", "torchrun", "--nproc", "2", "--cells", "d2-*")
@@ -173,6 +174,7 @@ def test_torchrun_executor_runs_each_cell_as_a_process_group(tmp_path):
     assert not any(c.name.startswith("d1-") and (c / "DONE").exists() for c in cell_dirs(s))
 
 
+@pytest.mark.slow
 def test_wsd_branches_run_after_their_stable_run(tmp_path):
     import yaml
 
@@ -192,6 +194,7 @@ def test_wsd_branches_run_after_their_stable_run(tmp_path):
         assert first_start >= parent.done.stat().st_mtime - 0.01
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cells_releases_locks_and_rerun_resumes(tmp_path):
     s = make_study(tmp_path)
     cmd = [sys.executable, "-m", "varscale.cli", "run", str(s), "--only-cells"]

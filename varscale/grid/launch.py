@@ -187,7 +187,7 @@ def _terminal(cell: CellLayout) -> Optional[str]:
 
 
 def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Progress,
-              poll_s: float = 0.5) -> CellsResult:
+              poll_s: float = 0.2) -> CellsResult:
     """Run every unfinished cell through ``executor``; returns what happened to each."""
     res = CellsResult()
     by_id = {c.run_id: c for c in cells}
