@@ -48,16 +48,18 @@ def evaluate(model: torch.nn.Module, cache, var_input: Callable[[np.ndarray], tu
             logits_BLV = logits_BLV.float()
             ce_BL = F.cross_entropy(logits_BLV.transpose(1, 2), target_BL, reduction="none")
             hit_BL = (logits_BLV.argmax(-1) == target_BL)
-            for k, sl in enumerate(scale_slices):
-                loss_K[k] += weight * ce_BL[:, sl].double().sum()
-                correct_K[k] += weight * hit_BL[:, sl].double().sum()
-                count_K[k] += weight * ce_BL[:, sl].numel()
+            # sums on the host: device-agnostic, and exact in float64
+            loss_K += weight * torch.stack([ce_BL[:, sl].double().sum() for sl in scale_slices]).cpu()
+            correct_K += weight * torch.stack([hit_BL[:, sl].double().sum() for sl in scale_slices]).cpu()
+            count_K += weight * torch.tensor([float(ce_BL[:, sl].numel()) for sl in scale_slices], dtype=torch.float64)
     finally:
         model.train(was_training)
     if world > 1:
         buf = torch.stack([loss_K, correct_K, count_K])
+        if torch.distributed.get_backend() == "nccl":
+            buf = buf.cuda()
         torch.distributed.all_reduce(buf)
-        loss_K, correct_K, count_K = buf
+        loss_K, correct_K, count_K = buf.cpu()
     loss_by = (loss_K / count_K).tolist()
     err_by = (1.0 - correct_K / count_K).tolist()
     return {
