@@ -46,9 +46,14 @@ PRESETS: dict[str, Preset] = {
         Preset("imagenet256", 256, (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 4096, 32, 160, (1, 1, 2, 2, 4)),
         Preset("imagenet512", 512, (1, 2, 3, 4, 6, 9, 13, 18, 24, 32), 4096, 32, 160, (1, 1, 2, 2, 4)),
         # 32x32 images, 4x4 latent grid, L = 30 tokens
-        Preset("cpu32", 32, (1, 2, 3, 4), 512, 16, 32, (1, 2, 2, 4), head_dim=16, num_classes=10),
+        # VQVAE shrunk for 2-core CPUs (varscale.train.tokenizer, docs/data.md): 16 channels at
+        # full resolution and one res block per level keep tokenizer training and tokenizing
+        # 50k images within minutes
+        Preset("cpu32", 32, (1, 2, 3, 4), 512, 16, 16, (1, 2, 4, 4), head_dim=16, num_classes=10,
+               enc_res_blocks=1),
         # 64x64 images, 8x8 latent grid, L = 130 tokens
-        Preset("cpu64", 64, (1, 2, 3, 4, 6, 8), 1024, 16, 32, (1, 2, 2, 4), head_dim=32, num_classes=10),
+        Preset("cpu64", 64, (1, 2, 3, 4, 6, 8), 1024, 16, 16, (1, 2, 4, 4), head_dim=32, num_classes=10,
+               enc_res_blocks=1),
         # tests: seconds per cell; downsample 8 so the 2x2 latent grid matches patch_nums[-1]
         Preset("tiny", 16, (1, 2), 64, 8, 16, (1, 1, 2, 2), head_dim=8, num_classes=4),
     ]
