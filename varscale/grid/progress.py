@@ -36,6 +36,7 @@ class Progress:
         self.layout: Optional[StudyLayout] = None
         self.cost: dict[str, float] = {}
         self.steps: dict[str, int] = {}
+        self.first: dict[str, int] = {}
         self.finished_ids: set[str] = set()
         self.flops_base = 0.0  # FLOPs of cells finished before this launcher started
         self.t0 = time.time()
@@ -58,8 +59,13 @@ class Progress:
 
     def start(self, cells: list[Any], layout: StudyLayout, done: list[str]) -> None:
         self.layout = layout
-        self.cost = {c.run_id: float(c.total_steps * c.flops_per_step) for c in cells}
+        from varscale.grid.plan import cell_cost
+
+        self.cost = {c.run_id: cell_cost(c) for c in cells}
         self.steps = {c.run_id: int(c.total_steps) for c in cells}
+        # a WSD decay branch starts at its stable run's branch step, not at 0
+        self.first = {c.run_id: int(getattr(c, "branch_step", None) or 0) if getattr(c, "branch_from", None) else 0
+                      for c in cells}
         self.finished_ids = set(done)
         self.t0 = time.time()
         self.spent_at_start = self._spent({})
@@ -96,10 +102,13 @@ class Progress:
         st = read_json(CellLayout(self.layout.cells_dir / rid).status_json, {}) if self.layout else {}
         return int((st or {}).get("step") or 0)
 
+    def _fraction(self, rid: str) -> float:
+        first, total = self.first.get(rid, 0), self.steps.get(rid, 1)
+        return min(max(self._cell_step(rid) - first, 0) / max(total - first, 1), 1.0)
+
     def _spent(self, running: dict[str, Any]) -> float:
         done = sum(self.cost.get(r, 0.0) for r in self.finished_ids)
-        run = sum(self.cost.get(r, 0.0) * min(self._cell_step(r), self.steps.get(r, 1)) / max(self.steps.get(r, 1), 1)
-                  for r in running)
+        run = sum(self.cost.get(r, 0.0) * self._fraction(r) for r in running)
         return done + run
 
     def _line(self, running: dict[str, Any]) -> tuple[float, str]:
