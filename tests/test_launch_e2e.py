@@ -123,3 +123,25 @@ def test_real_cell_under_torchrun_two_processes(tmp_path):
                        "--no-analysis")
     assert rc == 0, out
     assert len(list(StudyLayout.of(s).cells_dir.glob("*/DONE"))) == 1
+
+
+@pytest.mark.slow
+def test_wsd_design_runs_stable_runs_then_branches(tmp_path):
+    import json
+
+    import yaml
+
+    s = make_study(tmp_path)
+    raw = yaml.safe_load((s / "study.yaml").read_text())
+    raw["budgets"]["design"] = "wsd"
+    (s / "study.yaml").write_text(yaml.safe_dump(raw))
+    rc, out = varscale("run", str(s), "--no-analysis")
+    assert rc == 0, out
+    m = metrics(s)
+    cells = [json.loads(p.read_text()) for p in StudyLayout.of(s).cells_dir.glob("*/config.json")]
+    assert len(cells) == 6
+    for c in cells:
+        assert (StudyLayout.of(s).cell(c["run_id"]).done.exists())
+        steps = m[m.run_id == c["run_id"]].step.tolist()
+        if c["branch_from"]:  # a branch starts from its stable run's checkpoint
+            assert min(steps) > c["branch_step"] and max(steps) == c["total_steps"]
