@@ -205,3 +205,17 @@ def test_chinchilla_intervals_cover():
         f = analysis.fit_chinchilla(N, D, L, n_boot=300, seed=t)
         hits += [f.ci["alpha"][0] <= 0.34 <= f.ci["alpha"][1], f.ci["beta"][0] <= 0.30 <= f.ci["beta"][1]]
     assert (hits / T >= 0.8).all(), hits / T
+
+
+@pytest.mark.slow
+def test_saturating_intervals_cover():
+    # 60 repeated experiments, 12 sizes, 1% noise, 1000 resamples: measured 0.95
+    rng = np.random.default_rng(7)
+    x = np.geomspace(1e6, 1e9, 12)
+    hits = 0
+    T = 60
+    for t in range(T):
+        y = (1.5 + (3e5 / x) ** 0.3) * np.exp(rng.normal(0, 0.01, x.size))
+        f = analysis.fit_saturating(x, y, n_boot=1000, seed=t)
+        hits += f.ci["alpha"][0] <= 0.3 <= f.ci["alpha"][1]
+    assert 0.85 <= hits / T <= 1.0
