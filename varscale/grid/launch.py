@@ -286,6 +286,13 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Pr
                 if ps != "done":
                     continue  # waits for its stable run
                 cell = layout.cell(rid)
+                t = _terminal(cell)
+                if t is not None:  # finished meanwhile by another launcher
+                    todo.remove(rid)
+                    (res.already if t == "done" else res.diverged).append(rid)
+                    progress.finished(rid)
+                    say(f"[{progress.count()}] {rid}: {t} (by another launcher)")
+                    continue
                 owner = FileLock(cell.lock).held_by_other()
                 if owner is not None:
                     todo.remove(rid)
@@ -460,7 +467,10 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     ids = [c.run_id for c in cells]
     n_done = len(res.done) + len(res.already)
     worked |= bool(res.done or res.failed or res.diverged)
-    if not (a.only_cells or a.no_analysis or a.cells):
+    if a.only_cells or a.no_analysis or a.cells:
+        why = "--only-cells" if a.only_cells else "--no-analysis" if a.no_analysis else "--cells runs a subset"
+        say(f"fit, figures: not run ({why})")
+    else:
         if n_done:
             for stage, module in (("fit", "analysis.report"), ("figures", "analysis.figures")):
                 ok, w = stage_analysis(layout, stage, module, ids)
@@ -483,5 +493,6 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     if not ok_analysis:
         return 1
     if not worked:
-        say("nothing to do: every stage of the study is complete")
+        partial = a.only_cells or a.no_analysis or a.cells
+        say("nothing to do: " + ("every selected cell is finished" if partial else "every stage of the study is complete"))
     return 0
