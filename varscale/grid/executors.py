@@ -61,12 +61,19 @@ def _term_as_exit(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _shield_signals() -> None:
+def _shield_signals() -> Optional[tuple]:
+    """Ignore SIGINT/SIGTERM for a moment; returns the handlers to restore."""
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return (signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN))
+
+
+def _restore_signals(old: Optional[tuple]) -> None:
+    if old is not None:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
 
 
 def thread_env(threads: Optional[int]) -> dict[str, str]:
@@ -121,8 +128,11 @@ def run_cell(cell_dir: str | os.PathLike, nproc: int = 1, threads: Optional[int]
             _mark_failed(cell, "the trainer returned 1 (failed) without a traceback\n")
         return rc
     finally:
-        _shield_signals()  # a second Ctrl-C / SIGTERM must not cut the release short
-        lock.release()
+        old = _shield_signals()  # a second Ctrl-C / SIGTERM must not cut the release short
+        try:
+            lock.release()
+        finally:
+            _restore_signals(old)
 
 
 def _run_torchrun(cell: CellLayout, nproc: int, threads: Optional[int], torchrun: bool) -> int:
