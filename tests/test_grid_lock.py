@@ -110,3 +110,11 @@ def test_one_winner_among_racers_on_a_stale_lock(tmp_path):
         q.join(30)
     wins = [got for _, got in (out.get(timeout=5) for _ in range(n))]
     assert sum(wins) == 1
+
+
+def test_lock_without_token_from_live_pid_is_held(tmp_path):
+    p = tmp_path / "LOCK"
+    p.write_text(json.dumps({"pid": os.getpid(), "host": HOST}))  # hand-made or older format
+    lock = FileLock(p, heartbeat_s=0)
+    assert lock.held_by_other() is not None
+    assert not lock.acquire()

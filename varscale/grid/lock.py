@@ -113,7 +113,7 @@ class FileLock:
     def held_by_other(self) -> Optional[dict]:
         """The live owner if someone else holds the lock, else None (free or stale)."""
         info = self.owner()
-        if info is None or info.get("token") == self.token:
+        if info is None or (self.token is not None and info.get("token") == self.token):
             return None
         if info.get("unreadable") is not None:
             # only a foreign writer could leave this; treat it like another host's lock
