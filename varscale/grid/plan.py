@@ -115,11 +115,13 @@ def wsd_formula(cfg: StudyConfig, cells: list[Any]) -> float:
 # --------------------------------------------------------------------------- throughput
 
 
-def measured_rates(layout: StudyLayout) -> dict[int, float]:
-    """Training FLOP/s per depth measured by this study's cells (from status.json)."""
+def measured_rates(layout: StudyLayout) -> tuple[dict[int, float], float]:
+    """Training FLOP/s per depth measured by this study's cells (from status.json), and the
+    mean fixed cost of a cell besides its training steps (set-up, evaluations, checkpoints)."""
     rates: dict[int, list[float]] = {}
+    fixed: list[float] = []
     if not layout.cells_dir.is_dir():
-        return {}
+        return {}, 0.0
     for d in layout.cells_dir.iterdir():
         st = read_json(d / "status.json", {}) or {}
         cfg = read_json(d / "config.json", {}) or {}
@@ -128,7 +130,10 @@ def measured_rates(layout: StudyLayout) -> dict[int, float]:
             continue
         fpt = float(cfg["flops_per_image"]) / float(cfg["seq_len"])
         rates.setdefault(int(cfg["depth"]), []).append(float(tps) * fpt)
-    return {k: sum(v) / len(v) for k, v in rates.items()}
+        timing = st.get("timing")
+        if isinstance(timing, dict) and st.get("state") == "done":
+            fixed.append(sum(float(timing.get(k) or 0.0) for k in ("setup", "eval", "checkpoint")))
+    return {k: sum(v) / len(v) for k, v in rates.items()}, (sum(fixed) / len(fixed) if fixed else 0.0)
 
 
 def guessed_rate(cfg: StudyConfig, threads: int) -> tuple[float, str]:
@@ -186,13 +191,15 @@ def build_plan(cfg: StudyConfig, layout: StudyLayout, cells: list[Any],
     ex = cfg.execution
     parallel = max(ex.parallel, 1)
     threads = threads or ex.threads or max(1, (os.cpu_count() or 1) // parallel)
-    measured = measured_rates(layout)
+    measured, fixed_s = measured_rates(layout)
     guessed_cpu = False
     if flops_per_s:
         default_rate, source = float(flops_per_s), f"given: {flops_per_s:.3g} FLOP/s per cell"
     elif measured:
         default_rate = sum(measured.values()) / len(measured)
         source = "measured by this study's cells (status.json), per depth where known"
+        if fixed_s:
+            source += f", plus {fixed_s:.1f} s per cell for set-up, evaluations and checkpoints"
     else:
         default_rate, source = guessed_rate(cfg, threads)
         guessed_cpu = "CPU" in source
@@ -208,6 +215,8 @@ def build_plan(cfg: StudyConfig, layout: StudyLayout, cells: list[Any],
         est = cost / rate if rate > 0 else None
         if est is not None and guessed_cpu and c.depth not in measured:
             est += GUESS_STARTUP_S + GUESS_STEP_S * (cost / c.flops_per_step)
+        elif est is not None and not flops_per_s:
+            est += fixed_s
         rows.append({
             "run_id": c.run_id, "depth": c.depth, "seed": c.seed, **counts[c.depth],
             "budget_unit": c.budget_unit, "budget_value": c.budget_value,
