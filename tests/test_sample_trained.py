@@ -13,7 +13,7 @@ import torch.nn.functional as F
 pytestmark = pytest.mark.slow
 
 
-def _train_tiny(vae_steps=200, var_steps=300, seed=0, log=print):
+def _train_tiny(vae_steps=300, var_steps=300, seed=0, log=print):
     from varscale import quality as Q
     from varscale.data import ProceduralImages
     from varscale.models import build
@@ -23,18 +23,24 @@ def _train_tiny(vae_steps=200, var_steps=300, seed=0, log=print):
     P = get_preset("tiny")
     train = ProceduralImages(4000, P.resolution, P.num_classes, 0, "train")
     val = ProceduralImages(500, P.resolution, P.num_classes, 0, "val")
+    # the study's own tokenizer trainer (it revives dead codes; a plain loop collapses to 1 code)
+    import tempfile
+
+    from varscale.config import from_dict
+    from varscale.train.tokenizer import load_tokenizer, train_tokenizer
+
+    cfg = from_dict({"name": "tiny-quality", "data": {"kind": "procedural", "resolution": P.resolution,
+                                                      "num_classes": P.num_classes, "train_images": 4000,
+                                                      "val_images": 500},
+                     "tokenizer": {"steps": vae_steps, "batch_size": 32, "lr": 2e-3, "revive_every": 10,
+                                   "threads": 2},
+                     "model": {"preset": "tiny", "depths": [2]}, "execution": {"device": "cpu"}})
+    study_dir = tempfile.mkdtemp(prefix="varscale-quality-")
+    train_tokenizer(study_dir, cfg, log=log)
+    vae = load_tokenizer(study_dir, cfg)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    vae, var = build("tiny", 2)
-    opt = torch.optim.Adam(vae.parameters(), lr=2e-3, betas=(0.5, 0.9))
-    for _ in range(vae_steps):
-        img, _ = train.batch(torch.randint(0, len(train), (64,), generator=g).tolist())
-        img = torch.as_tensor(img)
-        rec, vq, _ = vae(img)
-        loss = F.mse_loss(rec, img) + vq
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _, var = build("tiny", 2)
     vae.eval()
     img, lab = train.batch(list(range(len(train))))
     img, lab = torch.as_tensor(img), torch.as_tensor(lab)
@@ -42,6 +48,7 @@ def _train_tiny(vae_steps=200, var_steps=300, seed=0, log=print):
         idx = [torch.cat(t) for t in zip(*[vae.img_to_idx(img[i:i + 500]) for i in range(0, len(img), 500)])]
         x = vae.idx_to_var_input(idx)
     tgt = torch.cat(idx, 1)
+    log(f"codes used per scale: {[len(torch.unique(i)) for i in idx]}")
     opt = torch.optim.AdamW(var.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.05)
     var.train()
     for s in range(var_steps):

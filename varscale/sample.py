@@ -69,8 +69,13 @@ def sample_tokens(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """top-k, then top-p, then one multinomial draw per position -> (B, l) long."""
     B, l, V = logits_BlV.shape
-    probs = top_k_top_p_filter(logits_BlV.float(), top_k, top_p).softmax(dim=-1)
-    return torch.multinomial(probs.view(-1, V), 1, replacement=True, generator=generator).view(B, l)
+    probs_NV = top_k_top_p_filter(logits_BlV.float(), top_k, top_p).softmax(dim=-1).view(-1, V)
+    # Inverse-CDF draw: one uniform per token. torch.multinomial(replacement=True) draws V
+    # exponentials per token on CPU, which was ~40% of generation time at V = 4096.
+    cdf_NV = probs_NV.cumsum(dim=-1)
+    u_N1 = torch.rand(cdf_NV.shape[0], 1, generator=generator, device=cdf_NV.device) * cdf_NV[:, -1:]
+    # right=True: the first index whose cdf exceeds u, so a zero-probability token is never hit
+    return torch.searchsorted(cdf_NV, u_N1, right=True).clamp_(max=V - 1).view(B, l)
 
 
 def gumbel_softmax(logits_BlV: torch.Tensor, tau: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
