@@ -11,13 +11,15 @@ from test_trainer_kit import PY, env, make_study, metrics
 RUNNER = """
 import os, sys
 from varscale.train.trainer import train_cell
-nan_cell, broken_cell, bf16_cell = sys.argv[1:]
+nan_cell, broken_cell, bf16_cell, *wsd_cells = sys.argv[1:]
 os.environ["VARSCALE_INJECT_NAN_AT"] = "3"
 print("RC", train_cell(nan_cell))
 del os.environ["VARSCALE_INJECT_NAN_AT"]
 print("RC", train_cell(broken_cell))
 print("RC", train_cell(bf16_cell))
 print("RC", train_cell(nan_cell))  # a finished (diverged) cell is not rerun
+for c in wsd_cells:  # the stable run first, then its decay branches
+    print("WSD", train_cell(c))
 """
 
 
@@ -28,10 +30,14 @@ def runs(tmp_path_factory):
     _, (broken,) = make_study(root / "broken")
     _, (bf16,) = make_study(root / "bf16", training={"precision": "bf16"})
     (root / "broken" / "tokens" / "val_idx.npy").unlink()  # a missing split: setup fails
+    _, wsd = make_study(root / "wsd", budgets={"design": "wsd", "values": [16 * 5 * 12, 16 * 5 * 24]})
     dirs = [root / n / "cells" / c.run_id for n, c in (("nan", nan), ("broken", broken), ("bf16", bf16))]
-    r = subprocess.run([PY, "-c", RUNNER, *map(str, dirs)], env=env(), capture_output=True, text=True,
-                       timeout=600)
-    return r, dict(zip(("nan", "broken", "bf16"), dirs)), {"nan": nan, "broken": broken, "bf16": bf16}
+    wsd_dirs = [root / "wsd" / "cells" / c.run_id for c in wsd]
+    r = subprocess.run([PY, "-c", RUNNER, *map(str, dirs + wsd_dirs)], env=env(), capture_output=True,
+                       text=True, timeout=600)
+    out = dict(zip(("nan", "broken", "bf16"), dirs))
+    out["wsd"] = wsd_dirs
+    return r, out, {"nan": nan, "broken": broken, "bf16": bf16, "wsd": wsd}
 
 
 def test_return_codes_and_no_traceback_for_divergence(runs):
@@ -89,3 +95,20 @@ def test_load_cell_model_reproduces_final_test_loss(runs):
     assert m["test_loss_avg"] == pytest.approx(last["test_loss_avg"], abs=1e-5)
     with pytest.raises(FileNotFoundError):
         load_cell_model(d, step=1)
+
+
+def test_wsd_branches_decay_from_the_stable_run(runs):
+    r, dirs, cells = runs
+    assert [l for l in r.stdout.splitlines() if l.startswith("WSD")] == ["WSD 0"] * 3
+    stable, *branches = cells["wsd"]
+    assert stable.branch_from is None and all(b.branch_from == stable.run_id for b in branches)
+    assert "branching from" in r.stdout
+    peak = 0.05 * 16 / 256
+    for b, d in zip(branches, dirs["wsd"][1:]):
+        df = metrics(d)
+        assert df["step"].min() > b.branch_step and df["step"].max() == b.total_steps
+        assert df["lr"].iloc[-1] == pytest.approx(peak * 0.01)
+        assert df["flops"].iloc[-1] == b.total_steps * b.flops_per_step
+    # the stable run kept the checkpoints the branches start from
+    kept = {p.name for p in (dirs["wsd"][0] / "checkpoints").iterdir() if p.is_dir()}
+    assert {f"step{b.branch_step:08d}" for b in branches} <= kept
