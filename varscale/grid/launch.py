@@ -427,7 +427,11 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
         if not cells:
             print(f"varscale run: no cell matches '{a.cells}'", file=sys.stderr)
             return 2
-    write_plan(layout, cfg, cells if not a.cells else plan_cells(cfg, layout.root))
+    everything = cells if not a.cells else plan_cells(cfg, layout.root)
+    old_plan = read_json(layout.plan_json, {}) or {}
+    if old_plan.get("config_hash") != cfg.hash() or \
+            [c.get("run_id") for c in old_plan.get("cells", [])] != [c.run_id for c in everything]:
+        write_plan(layout, cfg, everything)  # keep a richer plan.json from 'varscale plan' if current
 
     worked = False
     try:
