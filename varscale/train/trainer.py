@@ -402,9 +402,23 @@ class CellRun:
             for k, v in client.get("timing", {}).items():
                 if k != "setup":
                     self.timing[k] = v
+            self.last_row = self._last_written_row()
             self.log(f"resumed from {tag}")
         else:
             self.log(f"branching from {self.cell.branch_from} at step {self.step}")
+
+    def _last_written_row(self) -> dict[str, Any]:
+        """The metrics row of the last evaluation at or before the resumed step, if written."""
+        import pyarrow.parquet as pq
+
+        done = [i for s, i in self.eval_at.items() if s <= self.step]
+        if not done:
+            return {}
+        path = self.layout.metrics_dir / f"part-{max(done):06d}.parquet"
+        try:
+            return pq.read_table(path).to_pylist()[0]
+        except (OSError, IndexError):
+            return {}
 
     # ------------------------------------------------------------------ train loop
     def grad_norm_now(self) -> float:
