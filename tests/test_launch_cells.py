@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from varscale.schema import StudyLayout, read_parts

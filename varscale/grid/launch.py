@@ -30,7 +30,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from varscale.config import ConfigError, StudyConfig, load_study
