@@ -118,3 +118,36 @@ def test_lock_without_token_from_live_pid_is_held(tmp_path):
     lock = FileLock(p, heartbeat_s=0)
     assert lock.held_by_other() is not None
     assert not lock.acquire()
+
+
+def _stage(root: str, barrier) -> None:
+    from pathlib import Path
+
+    from varscale.grid.launch import _locked_stage
+    from varscale.schema import StudyLayout
+
+    marker = Path(root) / "made"
+
+    def work() -> None:  # a one-off stage: check, then do (slowly) what is missing
+        if marker.exists():
+            return
+        time.sleep(0.5)
+        with open(Path(root) / "work.log", "a") as f:
+            f.write(f"{os.getpid()}\n")
+        marker.write_text("x")
+
+    barrier.wait()
+    _locked_stage(StudyLayout.of(root), "tokenizer", work)
+
+
+def test_stage_lock_makes_a_second_launcher_wait_then_skip(tmp_path):
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_stage, args=(str(tmp_path), barrier)) for _ in range(3)]
+    for q in procs:
+        q.start()
+    for q in procs:
+        q.join(60)
+    assert all(q.exitcode == 0 for q in procs)
+    assert len((tmp_path / "work.log").read_text().split()) == 1
+    assert not (tmp_path / ".lock-tokenizer").exists()
