@@ -300,7 +300,8 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     vae.quantize.beta = tc.beta
     opt = torch.optim.Adam(vae.parameters(), lr=tc.lr, betas=tuple(tc.betas))
     K, V = len(preset.patch_nums), preset.vocab_size
-    window_SV = torch.zeros(K, V)
+    window_SV = torch.zeros(K, V)  # code hits since the last revival
+    log_SV = torch.zeros(K, V)  # code hits since the last log line
     n_revived = 0
     curve = []
     batches = _batches(train_ds, tc.batch_size, rng)
@@ -312,27 +313,35 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     log_every = max(1, tc.steps // 10)
     for step in bar:
         img = next(batches).to(device, non_blocking=True)
-        if step == 0 or (tc.revive_dead_codes and step % tc.revive_every == 0):
-            f = vae.encode(img).detach()
-            samples = [s.cpu() for s in residual_samples(vae, f)]
-            dead = torch.ones(V, dtype=torch.bool) if step == 0 else (window_SV.sum(0) == 0)
-            n_revived += revive_codes(vae, dead, samples, gen)
-            window_SV.zero_()
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, tc.steps, tc.lr)
-        rec, vq_loss, _ = vae(img)
+        f = vae.encode(img)
+        if step == 0:  # codebook from the data, not near zero: every code starts where residuals are
+            n_revived += revive_codes(vae, torch.ones(V, dtype=torch.bool),
+                                      [s.cpu() for s in residual_samples(vae, f.detach())], gen)
+        # the same three calls as VQVAE.forward, keeping f for dead-code revival
+        f_hat, vq_loss, _ = vae.quantize(f)
+        rec = vae.decoder(vae.post_quant_conv(f_hat))
         rec_l2 = F.mse_loss(rec, img)
         loss = tc.l2_weight * rec_l2 + tc.l1_weight * F.l1_loss(rec, img) + vq_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         window_SV += vae.quantize.last_hits_SV.detach().cpu()
+        log_SV += vae.quantize.last_hits_SV.detach().cpu()
+        if tc.revive_dead_codes and (step + 1) % tc.revive_every == 0:
+            # without this the encoder output shrinks under the commitment loss, drifts away
+            # from the codebook and all scales collapse onto a few codes (seen within 100 steps)
+            dead = window_SV.sum(0) == 0
+            n_revived += revive_codes(vae, dead, [s.cpu() for s in residual_samples(vae, f.detach())], gen)
+            window_SV.zero_()
         run_loss += float(loss.detach())
         run_rec += float(rec_l2.detach())
         if (step + 1) % log_every == 0 or step + 1 == tc.steps:
             nb = (step % log_every) + 1
             row = {"step": step + 1, "loss": run_loss / nb, "train_psnr": psnr_from_mse(run_rec / nb / 4),
-                   "window_usage": float((window_SV.sum(0) > 0).float().mean()), "wall_s": time.time() - t0,
+                   "window_usage": float((log_SV.sum(0) > 0).float().mean()),
+                   "window_usage_by_scale": [round(float(u), 3) for u in (log_SV > 0).float().mean(1)], "wall_s": time.time() - t0,
                    "cpu_s": time.process_time() - c0}
             curve.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['train_psnr']:.1f}")
@@ -341,6 +350,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
                     f"train PSNR {row['train_psnr']:.2f} dB, codes used {row['window_usage']:.0%} "
                     f"({row['wall_s']:.0f} s, cpu {row['cpu_s']:.0f} s)")
             run_loss = run_rec = 0.0
+            log_SV.zero_()
     bar.close()
     train_s = time.time() - t0
     vae.eval()
