@@ -28,13 +28,20 @@ from varscale.models import build
 from varscale.sample import generate, sample_tokens
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _timeit(fn, reps: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(reps):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -44,8 +51,9 @@ def var_transformer(vae, var, B: int, cfg: float = 1.5):
     """generate() without the decode (same loop; the decode is timed on its own)."""
     from varscale.sample import _autoregress, make_generator
 
-    labels = torch.arange(B) % var.num_classes
-    return _autoregress(vae, var, labels, cfg, 0, 0.0, make_generator(0, "cpu"), False, True)
+    dev = var.pos_1LC.device
+    labels = torch.arange(B, device=dev) % var.num_classes
+    return _autoregress(vae, var, labels, cfg, 0, 0.0, make_generator(0, dev), False, True)
 
 
 @torch.no_grad()
@@ -56,15 +64,15 @@ def raster(var, B: int, n_tokens: int, cfg: float = 1.5):
     blocks with the KV cache, mixes the CFG halves and samples one code, exactly the per-step
     work of a GPT-style image model of the same size.
     """
-    C = var.C
-    emb = torch.randn(var.cfg.vocab_size, var.cfg.cvae)  # stands in for the VQVAE codebook
-    labels = torch.arange(B) % var.num_classes
+    C, dev = var.C, var.pos_1LC.device
+    emb = torch.randn(var.cfg.vocab_size, var.cfg.cvae, device=dev)  # stands in for the VQVAE codebook
+    labels = torch.arange(B, device=dev) % var.num_classes
     lab2 = torch.cat([labels, torch.full_like(labels, var.num_classes)])
     cond = var.class_cond(lab2)
     shared = var.shared_ada_lin(cond)
     mods = var._modulations(shared)
-    pos = torch.randn(1, n_tokens, C) * 0.02
-    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, n_tokens, C, device=dev) * 0.02
+    g = torch.Generator(device=dev).manual_seed(0)
     var.kv_cache(True)
     try:
         x = cond.unsqueeze(1) + var.pos_start[:, :1]
@@ -91,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-decode", action="store_true", help="skip timing the VQVAE decode")
     ap.add_argument("--no-raster-L", action="store_true", help="skip the all-L-tokens raster baseline")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
@@ -99,7 +108,7 @@ def main(argv=None) -> int:
     print(hdr)
     for d in a.depths:
         torch.manual_seed(0)
-        vae, var = build(a.preset, d)
+        vae, var = build(a.preset, d, device=a.device)
         vae.eval(), var.eval()
         pn = var.cfg.patch_nums
         K, L, hw = len(pn), var.cfg.seq_len, pn[-1] ** 2
@@ -110,12 +119,12 @@ def main(argv=None) -> int:
             t_L = float("nan") if a.no_raster_L else _timeit(lambda: raster(var, B, L), a.reps) / B
             t_dec = float("nan")
             if not a.no_decode:
-                f_hat = torch.randn(B, var.cfg.cvae, pn[-1], pn[-1])
+                f_hat = torch.randn(B, var.cfg.cvae, pn[-1], pn[-1], device=a.device)
                 with torch.no_grad():
                     t_dec = _timeit(lambda: vae.fhat_to_img(f_hat), a.reps) / B
             row = dict(preset=a.preset, depth=d, n_params=n_params, batch=B, K=K, L=L, hw=hw,
                        var_s=t_var, raster_hw_s=t_hw, raster_L_s=t_L, decode_s=t_dec,
-                       speedup_hw=t_hw / t_var, speedup_L=t_L / t_var, threads=a.threads)
+                       speedup_hw=t_hw / t_var, speedup_L=t_L / t_var, threads=a.threads, device=a.device)
             rows.append(row)
             print(f"{a.preset:<12}{d:>3}{n_params:>11,}{B:>4}{K:>4}{L:>6}{hw:>5}{t_var * 1e3:>12.2f}"
                   f"{t_hw * 1e3:>11.2f}{t_L * 1e3:>10.2f}{t_hw / t_var:>7.1f}{t_L / t_var:>7.1f}{t_dec * 1e3:>9.2f}",
