@@ -123,8 +123,8 @@ def frechet_distance_feats(a_ND, b_ND) -> float:
 @dataclass
 class ClassifierConfig:
     width: int = 32  # channels of the first stage; doubled at each of the 3 stages
-    steps: int = 1500
-    batch_size: int = 128
+    steps: int = 600
+    batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -489,7 +489,7 @@ def evaluate_cell(study_dir: str | Path, run_id: str, step: Optional[int] = None
     imgs = []
     for i in range(0, labels.numel(), 100):  # chunks bound memory; seeds differ per chunk
         img, _ = generate(vae, var, labels[i:i + 100], cfg=cfg, top_k=top_k, top_p=top_p, seed=seed + i)
-        imgs.append(img * 2 - 1)
+        imgs.append((img * 2 - 1).cpu())
     img = torch.cat(imgs)
     inc = inc_real = None
     if inception_path:
