@@ -199,6 +199,9 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Pr
             res.already.append(c.run_id)
         else:
             todo.append(c.run_id)
+    # longest first (LPT): with N slots the study ends soonest when the biggest cells (and
+    # the stable runs that WSD branches wait for) start first
+    todo.sort(key=lambda r: (by_id[r].branch_from is not None, -float(by_id[r].budget_flops or 0)))
     progress.start(cells, layout, done=[*res.already, *res.diverged])
     if not todo:
         say(f"cells: {len(cells)}/{len(cells)} finished; nothing to run")
