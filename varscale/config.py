@@ -54,17 +54,17 @@ class DataConfig:
 class TokenizerConfig:
     # an existing checkpoint (e.g. the official vae_ch160v4096z32.pth); skips training
     checkpoint: Optional[str] = None
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.5, 0.9)
+    steps: int = 2500
+    batch_size: int = 16
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
     l2_weight: float = 1.0
     l1_weight: float = 0.2
     beta: float = 0.25  # commitment weight
     perceptual_weight: float = 0.0  # needs pretrained LPIPS weights: off by default
     adversarial_weight: float = 0.0
     revive_dead_codes: bool = True
-    revive_every: int = 100
+    revive_every: int = 25  # longer windows let the encoder shrink onto a few codes (docs/data.md)
     seed: int = 0
     threads: Optional[int] = None
 

@@ -30,6 +30,7 @@ class Preset:
     beta: float = 0.25
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
+    vae_norm: str = "group"  # VQVAE normalisation: "group" (official GroupNorm32) or "none"
 
     @property
     def seq_len(self) -> int:
@@ -50,10 +51,10 @@ PRESETS: dict[str, Preset] = {
         # full resolution and one res block per level keep tokenizer training and tokenizing
         # 50k images within minutes
         Preset("cpu32", 32, (1, 2, 3, 4), 512, 16, 16, (1, 2, 4, 4), head_dim=16, num_classes=10,
-               enc_res_blocks=1),
+               enc_res_blocks=1, vae_norm="none"),
         # 64x64 images, 8x8 latent grid, L = 130 tokens
         Preset("cpu64", 64, (1, 2, 3, 4, 6, 8), 1024, 16, 16, (1, 2, 4, 4), head_dim=32, num_classes=10,
-               enc_res_blocks=1),
+               enc_res_blocks=1, vae_norm="none"),
         # tests: seconds per cell; downsample 8 so the 2x2 latent grid matches patch_nums[-1]
         Preset("tiny", 16, (1, 2), 64, 8, 16, (1, 1, 2, 2), head_dim=8, num_classes=4),
     ]

@@ -33,7 +33,19 @@ import torch.nn.functional as F
 from .quant import MultiScaleQuantizer
 
 
-def Normalize(C: int) -> nn.GroupNorm:
+def Normalize(C: int, kind: str = "group") -> nn.Module:
+    """GroupNorm(32) as the official VQVAE (``kind="group"``), or none (``kind="none"``).
+
+    At the CPU presets' 16-64 channels, 32 groups hold one or two channels each: the norm
+    acts as a per-image instance norm that strips each channel's mean, and the decoder has
+    to relearn global colour through the skip paths. Measured on cpu32 (docs/data.md), the
+    tokenizer then stalls near the dataset-mean PSNR; without the norm it trains. A preset
+    deviation, switched by ``Preset.vae_norm``.
+    """
+    if kind == "none":
+        return nn.Identity()
+    if kind != "group":
+        raise ValueError(f"unknown VQVAE norm '{kind}'; valid: group, none")
     groups = 32 if C % 32 == 0 else math.gcd(32, C)
     return nn.GroupNorm(num_groups=groups, num_channels=C, eps=1e-6, affine=True)
 
@@ -58,11 +70,11 @@ class Downsample2x(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, norm: str = "group"):
         super().__init__()
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, norm)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, norm)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -76,10 +88,10 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention; one fused 1x1 qkv conv (official key ``qkv``)."""
 
-    def __init__(self, C: int):
+    def __init__(self, C: int, norm: str = "group"):
         super().__init__()
         self.C = C
-        self.norm = Normalize(C)
+        self.norm = Normalize(C, norm)
         self.qkv = nn.Conv2d(C, 3 * C, 1)
         self.proj_out = nn.Conv2d(C, C, 1)
 
@@ -92,7 +104,8 @@ class AttnBlock(nn.Module):
 
 class Encoder(nn.Module):
     def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True):
+                 in_channels: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True,
+                 norm: str = "group"):
         super().__init__()
         self.num_resolutions = len(ch_mult)
         in_ch_mult = (1,) + tuple(ch_mult)
@@ -103,20 +116,20 @@ class Encoder(nn.Module):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_in, block_out = ch * in_ch_mult[i_level], ch * ch_mult[i_level]
             for _ in range(num_res_blocks):
-                block.append(ResnetBlock(block_in, block_out, dropout))
+                block.append(ResnetBlock(block_in, block_out, dropout, norm))
                 block_in = block_out
                 if i_level == self.num_resolutions - 1 and using_sa:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, norm))
             down = nn.Module()
             down.block, down.attn = block, attn
             if i_level != self.num_resolutions - 1:
                 down.downsample = Downsample2x(block_in)
             self.down.append(down)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
-        self.norm_out = Normalize(block_in)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm)
+        self.mid.attn_1 = AttnBlock(block_in, norm) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm)
+        self.norm_out = Normalize(block_in, norm)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, 1, 1)
 
     def forward(self, x):
@@ -134,31 +147,32 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
-                 out_ch: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True):
+                 out_ch: int = 3, dropout: float = 0.0, using_sa: bool = True, using_mid_sa: bool = True,
+                 norm: str = "group"):
         super().__init__()
         self.num_resolutions = len(ch_mult)
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm)
+        self.mid.attn_1 = AttnBlock(block_in, norm) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm)
         ups = []
         for i_level in reversed(range(self.num_resolutions)):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_out = ch * ch_mult[i_level]
             for _ in range(num_res_blocks + 1):
-                block.append(ResnetBlock(block_in, block_out, dropout))
+                block.append(ResnetBlock(block_in, block_out, dropout, norm))
                 block_in = block_out
                 if i_level == self.num_resolutions - 1 and using_sa:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, norm))
             up = nn.Module()
             up.block, up.attn = block, attn
             if i_level != 0:
                 up.upsample = Upsample2x(block_in)
             ups.insert(0, up)  # index = level, as in the official key names
         self.up = nn.ModuleList(ups)
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, norm)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, 1, 1)
 
     def forward(self, z):
@@ -183,7 +197,7 @@ class VQVAE(nn.Module):
     def __init__(self, vocab_size: int = 4096, cvae: int = 32, ch: int = 160, ch_mult=(1, 1, 2, 2, 4),
                  patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), share_quant_resi: int = 4,
                  quant_resi: float = 0.5, beta: float = 0.25, enc_res_blocks: int = 2,
-                 resolution: int | None = None, dropout: float = 0.0):
+                 resolution: int | None = None, dropout: float = 0.0, norm: str = "group"):
         super().__init__()
         self.vocab_size, self.Cvae = vocab_size, cvae
         self.patch_nums = tuple(int(p) for p in patch_nums)
@@ -192,8 +206,8 @@ class VQVAE(nn.Module):
             raise ValueError(f"resolution {resolution} / downsample {self.downsample} must equal the last patch_num "
                              f"{self.patch_nums[-1]}")
         self.resolution = resolution if resolution is not None else self.patch_nums[-1] * self.downsample
-        self.encoder = Encoder(ch, ch_mult, enc_res_blocks, cvae, dropout=dropout)
-        self.decoder = Decoder(ch, ch_mult, enc_res_blocks, cvae, dropout=dropout)
+        self.encoder = Encoder(ch, ch_mult, enc_res_blocks, cvae, dropout=dropout, norm=norm)
+        self.decoder = Decoder(ch, ch_mult, enc_res_blocks, cvae, dropout=dropout, norm=norm)
         self.quantize = MultiScaleQuantizer(vocab_size, cvae, self.patch_nums, beta=beta,
                                             quant_resi=quant_resi, share_quant_resi=share_quant_resi)
         self.quant_conv = nn.Conv2d(cvae, cvae, 3, 1, 1)
@@ -204,7 +218,7 @@ class VQVAE(nn.Module):
         return cls(vocab_size=preset.vocab_size, cvae=preset.cvae, ch=preset.ch, ch_mult=preset.ch_mult,
                    patch_nums=preset.patch_nums, share_quant_resi=preset.share_quant_resi,
                    quant_resi=preset.quant_resi, beta=preset.beta, enc_res_blocks=preset.enc_res_blocks,
-                   resolution=preset.resolution)
+                   resolution=preset.resolution, norm=preset.vae_norm)
 
     @property
     def seq_len(self) -> int:
