@@ -8,7 +8,9 @@ import torch
 from varscale.models import build, build_var, build_vqvae, load_official
 from varscale.models.presets import PRESETS
 
-KEYS = Path("/work/shared/data/official_state_dict_keys.json")
+from conftest import SHARED
+
+KEYS = SHARED / "data" / "official_state_dict_keys.json"
 torch.set_num_threads(1)
 
 
@@ -31,7 +33,6 @@ def _random_sd(shapes):
     return {k: torch.randn(*s, generator=g) for k, s in shapes.items()}
 
 
-@pytest.mark.skipif(not KEYS.exists(), reason="reference data not available")
 def test_load_official_every_key_and_errors_name_keys():
     ref = json.loads(KEYS.read_text())
     vae_sd = _random_sd(ref["vqvae"])

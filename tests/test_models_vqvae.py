@@ -8,11 +8,12 @@ import torch
 from varscale.models.presets import PRESETS
 from varscale.models.vqvae import VQVAE
 
-KEYS = Path("/work/shared/data/official_state_dict_keys.json")
+from conftest import SHARED
+
+KEYS = SHARED / "data" / "official_state_dict_keys.json"
 torch.set_num_threads(1)
 
 
-@pytest.mark.skipif(not KEYS.exists(), reason="reference data not available")
 def test_official_vqvae_keys_and_shapes():
     ref = json.loads(KEYS.read_text())["vqvae"]
     with torch.device("meta"):
