@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from varscale.schema import StudyLayout
 
 from .frontier import fit_frontier, pareto_mask
-from .load import LOSSES, final_rows, floors, load, load_quality, sample_images
+from .load import LOSSES, final_rows, floors, load, load_quality, sample_images, usable_floors
 from .powerlaw import fit_power_law, predict_power
 
 LABEL = {"test_loss_last": "test loss, last scale", "test_loss_avg": "test loss, all scales",
@@ -300,7 +300,7 @@ def make_figures(study_dir, x_col: str = "n_params", c_col: str = "flops", use_f
     out.mkdir(parents=True, exist_ok=True)
     if not len(df):
         return []
-    fl = floors(study_dir) if use_floor else {}
+    fl = usable_floors(floors(study_dir), df) if use_floor else {}
     if floor_last is not None:
         fl["test_loss_last"] = floor_last
     if floor_avg is not None:

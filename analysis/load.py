@@ -93,7 +93,10 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
     if len(df):
         last = df.groupby("run_id")["step"].transform("max") == df["step"]
         finished = (df["step"] >= df["total_steps"].fillna(np.inf)) | (df["state"] == "done")
-        df["is_final"] = last & finished & (df["state"] != "diverged")
+        # a warmup-stable-decay design's stable run is never decayed: its curve belongs on the
+        # compute frontier, but its last point is not a trained model of its size
+        stable = df["run_id"].astype(str).str.contains("-stable-", regex=False)
+        df["is_final"] = last & finished & (df["state"] != "diverged") & ~stable
     else:
         df["is_final"] = pd.Series(dtype=bool)
     df["budget"] = budget_values(df, study_dir) if len(df) else pd.Series(dtype=float)
@@ -172,6 +175,35 @@ def floors(study_dir) -> dict:
         out["test_loss_avg"] = float(meta["entropy_avg"])
     if meta.get("entropy_by_scale") is not None:
         out["by_scale"] = [float(v) for v in meta["entropy_by_scale"]]
+    return out
+
+
+def usable_floors(fl: dict, df: pd.DataFrame) -> dict:
+    """Keep only the floors that lie below every observed loss of their metric.
+
+    The token-entropy floor of ``tokens/meta.json`` is the entropy of the marginal (unigram)
+    code distribution, an upper bound on the irreducible loss rather than a floor: a model
+    that uses the class and the coarser scales goes below it (measured on the default study:
+    every final loss was). Subtracting it would leave non-positive values that no power law
+    or log axis can take, so such a floor is dropped with a warning and raw losses are used.
+    """
+    out = {}
+    for m, v in fl.items():
+        if m == "by_scale":
+            col = df.get("test_loss_by_scale")
+            if col is None or not len(df):
+                continue
+            L = np.array([np.asarray(r, float) for r in col.dropna() if r is not None and len(r) == len(v)])
+            if len(L) and (L.min(axis=0) > np.asarray(v)).all():
+                out[m] = v
+            else:
+                warnings.warn("per-scale token-entropy floors are not below every per-scale loss; raw losses used")
+            continue
+        if m in df and len(df) and np.nanmin(df[m].to_numpy(float)) > v:
+            out[m] = v
+        else:
+            warnings.warn(f"floor {v:.4g} for {m} is not below every observed loss (it is a unigram "
+                          f"entropy, not a true floor); raw losses used")
     return out
 
 

@@ -25,7 +25,7 @@ from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
 from .bootstrap import DEFAULT_BOOT, Fit
 from .chinchilla import extrapolation_check_chinchilla, fit_chinchilla, isoflop
 from .frontier import fit_frontier
-from .load import LOSSES, METRICS, cells, final_rows, floors, load
+from .load import LOSSES, METRICS, cells, final_rows, floors, load, usable_floors
 from .powerlaw import extrapolation_check, fit_power_law, fit_saturating
 
 SHORT = {"test_loss_last": "L_last", "test_loss_avg": "L_avg", "test_err_last": "Err_last",
@@ -44,7 +44,7 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
     """Fit every law the study's cells allow; returns a JSON-ready dict (see module doc)."""
     df = load(study_dir)
     axis = df.attrs.get("budget_axis", "budget_flops")
-    fl = floors(study_dir) if use_floor else {}
+    fl = usable_floors(floors(study_dir), df) if use_floor else {}
     if floor_last is not None:
         fl["test_loss_last"] = float(floor_last)
     if floor_avg is not None:
