@@ -486,5 +486,16 @@ def load_study(path: str | Path) -> StudyConfig:
     return cfg
 
 
+def load_study_for_cli(path: str | Path) -> Optional[StudyConfig]:
+    """``load_study`` for a command's ``main``: prints the errors and returns None on a bad file."""
+    try:
+        return load_study(path)
+    except ConfigError as e:
+        import sys
+
+        print(e, file=sys.stderr)
+        return None
+
+
 def dump_yaml(cfg: StudyConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -338,7 +338,7 @@ def _iter_batches(ds, batch_size: int):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from varscale.config import ConfigError, load_study
+    from varscale.config import load_study_for_cli
 
     ap = argparse.ArgumentParser(prog="varscale tokenize",
                                  description="encode every train/val image of a study once into runs/<study>/tokens/")
@@ -346,10 +346,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if a matching cache exists")
     ap.add_argument("--batch-size", type=int, default=500)
     args = ap.parse_args(argv)
-    try:
-        cfg = load_study(args.study_dir)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = load_study_for_cli(args.study_dir)
+    if cfg is None:
         return 2
     try:
         build_token_cache(args.study_dir, cfg, force=args.force, batch_size=args.batch_size)

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from varscale.config import ConfigError, StudyConfig, load_study
+from varscale.config import StudyConfig, load_study_for_cli
 from varscale.grid import executors as X
 from varscale.grid.lock import FileLock, describe
 from varscale.grid.progress import Progress
@@ -389,10 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="progress bars (auto: only on a terminal)")
     a = ap.parse_args(argv)
 
-    try:
-        cfg = load_study(a.study)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = load_study_for_cli(a.study)
+    if cfg is None:
         return 2
     layout = StudyLayout.of(a.study)
     ex = cfg.execution

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from varscale.config import ConfigError, StudyConfig, load_study
+from varscale.config import StudyConfig, load_study_for_cli
 from varscale.schema import StudyLayout, atomic_write_json, read_json
 
 ASSUMED_CPU_MFU = 0.25  # of the matmul peak; small models on CPU reach about this or less
@@ -298,10 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not write plan.json")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     a = ap.parse_args(argv)
-    try:
-        cfg = load_study(a.study)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = load_study_for_cli(a.study)
+    if cfg is None:
         return 2
     from varscale.cell import PlanError, plan_cells
     from varscale.config import study_file

@@ -397,7 +397,7 @@ def _batches(ds, batch_size: int, rng: np.random.Generator):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from varscale.config import ConfigError, load_study
+    from varscale.config import load_study_for_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="varscale tokenizer", description="train the study's multi-scale VQVAE")
@@ -408,10 +408,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ev = sub.add_parser("eval", help="validation PSNR and codebook utilisation of the study's tokenizer")
     ev.add_argument("study_dir")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_study(args.study_dir)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = load_study_for_cli(args.study_dir)
+    if cfg is None:
         return 2
     try:
         if args.verb == "train":
