@@ -430,6 +430,13 @@ def _check_values(c: StudyConfig) -> list[str]:
         e.append(f"training.zero_stage: must be 0, 1, 2 or 3, got {t.zero_stage}")
     if t.grad_clip < 0:
         e.append(f"training.grad_clip: must be >= 0, got {t.grad_clip}")
+    # accepted keys whose feature is not built yet: refuse rather than silently ignore
+    if t.stream_fresh:
+        e.append("training.stream_fresh: streaming fresh images is not implemented yet; "
+                 "raise data.train_images instead")
+    if t.compile:
+        e.append("training.compile: torch.compile inside the DeepSpeed trainer is not implemented yet "
+                 "(benchmarks/bench_var_step.py --compile measures what it would give)")
     if t.checkpoint_every < 1:
         e.append(f"training.checkpoint_every: must be >= 1, got {t.checkpoint_every}")
     if c.evaluation.num_evals < 1:
