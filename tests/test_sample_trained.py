@@ -2,24 +2,21 @@
 
 Plain torch loops, no DeepSpeed, on an easy procedural set whose class a 2x2-token tokenizer
 can carry (the colour of the image; the default dataset's shape classes do not survive the
-tiny preset's 16 px / 2x2-grid tokenizer: its reconstructions are classified at chance).
+tiny preset's 16 px / 2x2-grid tokenizer). Measured (2026-11-29): classifier on real images
+1.00, on tokenizer reconstructions 0.72, on samples 0.735-0.74 at cfg 0 / 1.5 / 4, chance 0.25.
 A tiny-preset VQVAE (dead codes revived with the tokenizer trainer's helpers), VAR-d2 on its
 tokens, the quality classifier on real images; samples of each class are then classified.
 Run with ``pytest -m slow tests/test_sample_trained.py -s`` to see the numbers.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-pytestmark = [
-    pytest.mark.slow,
-    # open (issue 7): a tiny-preset tokenizer trained inside a test collapses to a few codes, so
-    # even its reconstructions classify at chance. Measured instead on the default study
-    # (docs/sampling.md): d8 samples 0.288 class accuracy, chance 0.10, reconstructions 0.35.
-    pytest.mark.xfail(reason="tiny-preset tokenizer too weak to carry class information", strict=False),
-]
+pytestmark = pytest.mark.slow  # ~3 min on 2 cores: a VQVAE and a VAR trained from scratch
 
 PALETTE = torch.tensor([[0.9, -0.6, -0.6], [-0.6, 0.8, -0.6], [-0.6, -0.6, 0.9], [0.8, 0.8, -0.7]])
 
@@ -47,16 +44,19 @@ class ColourSet:
         return self.img[idx], self.label[idx]
 
 
-def _train_tiny(vae_steps=150, var_steps=300, seed=0, log=print):
+def _train_tiny(vae_steps=600, var_steps=300, seed=0, log=print):
     from varscale import quality as Q
     from varscale.models import build
+    from varscale.models.presets import get_preset
     from varscale.train.tokenizer import residual_samples, revive_codes
 
     torch.set_num_threads(2)
     train, val = ColourSet(4000, 0), ColourSet(400, 1)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    vae, var = build("tiny", 2)
+    # GroupNorm at the tiny preset's 16 channels is an instance norm: it strips each image's
+    # colour, which is this set's class (docs/models.md, Preset.vae_norm)
+    vae, var = build(dataclasses.replace(get_preset("tiny"), vae_norm="none"), 2)
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3, betas=(0.5, 0.9))
     hits = torch.zeros(vae.vocab_size)
     for s in range(vae_steps):
