@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 
 from varscale.schema import StudyLayout
 
-from .frontier import fit_frontier, pareto_mask
+from .frontier import annealed_rows, fit_frontier, pareto_mask
 from .load import LOSSES, final_rows, floors, load, load_quality, sample_images, usable_floors
 from .powerlaw import fit_power_law, predict_power
 
@@ -147,6 +147,16 @@ def fig6_vs_C(df: pd.DataFrame, fl: dict, c_col: str = "flops", colors=None) -> 
             xs = np.geomspace(x[ok][msk].min(), x[ok][msk].max(), 50)
             ax.plot(xs, predict_power(f, xs), "--", color="crimson", lw=1.5,
                     label=_legend_eq(f, SYMBOL[m], "C"))
+        ann = annealed_rows(df)
+        if ann is not None and floor is None:  # WSD: the frontier of the decayed runs' finals
+            fa = fit_frontier(ann, x=c_col, y=m, n_boot=0)
+            xa, ya = ann[c_col].to_numpy(float), ann[m].to_numpy(float)
+            ma = pareto_mask(xa, ya)
+            ax.plot(xa, ya, "o", mfc="none", mec="k", ms=6, label="annealed runs (final)")
+            if np.isfinite(fa.params["alpha"]) and ma.sum() >= 2:
+                xs = np.geomspace(xa[ma].min(), xa[ma].max(), 50)
+                ax.plot(xs, predict_power(fa, xs), "-", color="navy", lw=1.2,
+                        label="annealed: " + _legend_eq(fa, SYMBOL[m], "C"))
         _log_axes(ax)
         ax.set_xlabel(XLABEL.get(c_col, c_col))
         ax.set_ylabel(_ylabel(m, floor))

@@ -4,6 +4,11 @@ The paper's C_min law (Fig. 6) is fitted on the Pareto frontier of every evaluat
 run: a point is on the frontier when no point at smaller or equal compute has a lower value.
 Its bootstrap resamples whole runs and recomputes the frontier each time, because which
 points are on it depends on which runs exist.
+
+A warmup-stable-decay study has a second frontier: over the decayed runs' final evaluations
+only (``annealed_rows``). Its stable runs' evaluations are taken at the peak learning rate,
+above what the same model reaches once annealed, so on the all-evaluations frontier they
+mix two regimes; the annealed points are each a finished training at its compute.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ def frontier(df: pd.DataFrame, x: str = "flops", y: str = "test_loss_last") -> p
 
 def fit_frontier(df: pd.DataFrame, x: str = "flops", y: str = "test_loss_last",
                  floor: float | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0,
-                 run_col: str = "run_id", min_x: float | None = None) -> Fit:
+                 run_col: str = "run_id", min_x: float | None = None, group: str = "") -> Fit:
     """VAR's law y = (k C)^alpha on the compute frontier (``floor`` subtracted first).
 
     ``min_x`` drops evaluations below that compute (the first few evaluations of every run
@@ -54,6 +59,7 @@ def fit_frontier(df: pd.DataFrame, x: str = "flops", y: str = "test_loss_last",
     m = pareto_mask(xv, yv)
     metric = y if floor is None else f"{y} - {floor:.4g}"
     fit = fit_power_law(xv[m], yv[m], n_boot=0, metric=metric, xname=f"{x} (frontier)")
+    fit.group = group
     fit.n_runs = int(len(np.unique(runs[m])))
     fit.extra["frontier_runs"] = sorted(map(str, np.unique(runs[m])))
     fit.extra["x_range"] = [float(xv[m].min()), float(xv[m].max())] if m.any() else []
@@ -75,3 +81,11 @@ def fit_frontier(df: pd.DataFrame, x: str = "flops", y: str = "test_loss_last",
                 smp[i] = (np.exp(ic[0] / sl[0]), sl[0], ic[0])
         attach_ci(fit, ["k", "alpha", "b"], smp)
     return fit
+
+
+def annealed_rows(df: pd.DataFrame) -> pd.DataFrame | None:
+    """The decayed runs' final evaluations of a warmup-stable-decay study, else None."""
+    if "run_id" not in df or not df["run_id"].astype(str).str.contains("-stable-", regex=False).any():
+        return None
+    out = df[df["is_final"]] if "is_final" in df else df.iloc[:0]
+    return out if len(out) >= 2 else None

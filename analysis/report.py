@@ -4,7 +4,8 @@ Fits (each with 95% bootstrap intervals over whole runs, n, and warnings):
 - per budget (or token count), each finished run's final evaluation vs N: VAR's power law
   for L_last, L_avg, Err_last, Err_avg; the reducible losses (minus the token-entropy floor);
   the saturating form for the losses when there are at least 4 sizes;
-- on the compute frontier of all evaluations of all cells: the same metrics vs C_min;
+- on the compute frontier of all evaluations of all cells: the same metrics vs C_min
+  (a warmup-stable-decay study also gets the frontier of its annealed runs' final evaluations);
 - Chinchilla's Approach 3 on the final evaluations when N and D both vary;
 - Approach 2 (IsoFLOP parabolas) for FLOP budgets with at least 3 depths;
 - extrapolation checks: fit without the largest model, predict it.
@@ -24,7 +25,7 @@ from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
 
 from .bootstrap import DEFAULT_BOOT, Fit
 from .chinchilla import extrapolation_check_chinchilla, fit_chinchilla, isoflop
-from .frontier import fit_frontier
+from .frontier import annealed_rows, fit_frontier
 from .load import LOSSES, METRICS, cells, final_rows, floors, load, usable_floors
 from .powerlaw import extrapolation_check, fit_power_law, fit_saturating
 
@@ -88,11 +89,15 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
                 if m in LOSSES and sizes >= 5:
                     out["extrapolation"].append(extrapolation_check(g[x_col], y, "saturating",
                                                                     g["run_id"], m, x_col, label))
-    # --- compute frontier over every evaluation of every cell
+    # --- compute frontier over every evaluation of every cell (and, for WSD, of the annealed runs)
+    ann = annealed_rows(df)
     for m in METRICS:
-        fits.append(fit_frontier(df, x=c_col, y=m, n_boot=n_boot, seed=seed))
+        fits.append(fit_frontier(df, x=c_col, y=m, n_boot=n_boot, seed=seed, group="all evaluations"))
         if m in fl:
-            fits.append(fit_frontier(df, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed))
+            fits.append(fit_frontier(df, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed,
+                                     group="all evaluations"))
+        if ann is not None:
+            fits.append(fit_frontier(ann, x=c_col, y=m, n_boot=n_boot, seed=seed, group="annealed runs"))
     # --- Chinchilla Approach 3 on final evaluations
     if fr[x_col].nunique() >= 2 and fr["tokens_seen"].nunique() >= 2 and len(fr) >= 6:
         nb = n_boot if chinchilla_boot is None else chinchilla_boot

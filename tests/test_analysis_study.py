@@ -190,3 +190,22 @@ def test_analysis_imports_no_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.strip().splitlines()[-1]) >= 8
+
+
+def test_annealed_frontier_uses_only_decayed_finals():
+    # a WSD study: each depth has a stable run (high-lr evaluations) and decayed branches,
+    # whose final rows are the only points of the annealed frontier
+    rows = []
+    for d, n in ((2, 1e5), (4, 4e5)):
+        for step, c in ((10, 1e10), (100, 1e11), (1000, 1e12)):
+            rows.append(dict(run_id=f"d{d}-stable-x", flops=c * n / 1e5, test_loss_last=6 - np.log10(c) / 4 - d / 10,
+                             is_final=False))
+        for c in (5e10, 5e11):
+            rows.append(dict(run_id=f"d{d}-t{c:g}-y", flops=c * n / 1e5, test_loss_last=5.5 - np.log10(c) / 4 - d / 10,
+                             is_final=True))
+    df = pd.DataFrame(rows)
+    ann = F.annealed_rows(df)
+    assert len(ann) == 4 and not ann["run_id"].str.contains("stable").any()
+    f = F.fit_frontier(ann, x="flops", y="test_loss_last", n_boot=0, group="annealed runs")
+    assert f.group == "annealed runs" and set(f.extra["frontier_runs"]) <= set(ann["run_id"])
+    assert F.annealed_rows(df[~df["run_id"].str.contains("stable")]) is None  # not a WSD study
