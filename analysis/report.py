@@ -62,7 +62,8 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
         out["notes"].append("no evaluations yet")
         return out
     fr = final_rows(df)
-    unfinished = df["run_id"].nunique() - fr["run_id"].nunique()
+    stable = df["run_id"].astype(str).str.contains("-stable-", regex=False)
+    unfinished = df.loc[~stable, "run_id"].nunique() - fr["run_id"].nunique()
     if unfinished:
         out["notes"].append(f"{unfinished} run(s) not finished (running, failed or diverged): "
                             "left out of the laws vs N, their evaluations still count on the frontier")

@@ -79,5 +79,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     ra = pd.read_parquet(ref / "record.parquet")
     rb = pd.read_parquet(victim / "record.parquet")
     assert abs(ra["final_test_loss_avg"][0] - rb["final_test_loss_avg"][0]) < 1e-5
-    # at most the last two checkpoints are kept
-    assert len([d for d in (victim / "checkpoints").iterdir() if d.is_dir()]) <= 2
+    # at most the last two full checkpoints are kept, plus the weights-only Fig. 7 snapshots
+    from varscale.cell import CellConfig
+    from varscale.train.trainer import snapshot_steps
+
+    dirs = [d for d in (victim / "checkpoints").iterdir() if d.is_dir()]
+    full = [d for d in dirs if any(f.name != "weights.pt" for f in d.iterdir())]
+    assert len(full) <= 2
+    snaps = {f"step{s:08d}" for s in snapshot_steps(CellConfig.load(victim).total_steps)}
+    assert snaps and snaps <= {d.name for d in dirs}
+    assert all((victim / "checkpoints" / s / "weights.pt").exists() for s in snaps)

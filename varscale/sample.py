@@ -429,7 +429,7 @@ def main_sample(argv: Sequence[str] | None = None) -> int:
         missing = [f for f, s in todo.items() if abs(s - f * total) > 0.05 * total]
         if missing:
             print(f"note: no checkpoint near {[f'{f:.0%}' for f in missing]} of {total} steps; using the nearest "
-                  f"kept ones (kept: {steps}). Keep them with the cell's keep_steps.", file=sys.stderr)
+                  f"kept ones (kept: {steps}); cells trained before the 20%/60% snapshots, and WSD branches, lack them.", file=sys.stderr)
         run = sorted(set(todo.values()))
     else:
         run = [a.step]

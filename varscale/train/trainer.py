@@ -48,6 +48,14 @@ from varscale.schema import RUN_SCHEMA, CellLayout, atomic_write_bytes, atomic_w
 
 EXIT_DONE, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
 KEEP_CHECKPOINTS = 2
+# Fig. 7 (samples at 20%, 60% and 100% of training): at these fractions of a run the model
+# weights alone are kept (``checkpoints/step<N>/weights.pt``, no optimizer state), so that
+# ``varscale sample --fig7`` has them without keeping full DeepSpeed checkpoints
+SNAPSHOT_FRACTIONS = (0.2, 0.6)
+
+
+def snapshot_steps(total_steps: int) -> set[int]:
+    return {max(1, round(f * total_steps)) for f in SNAPSHOT_FRACTIONS} if total_steps >= 5 else set()
 
 
 class Diverged(Exception):
@@ -297,6 +305,7 @@ class CellRun:
                                      limit=c.evaluation.get("max_images"))
         self.eval_at = {s: i for i, s in enumerate(c.eval_steps)}
         self.ckpt_at = set(c.checkpoint_steps) | set(c.keep_steps)
+        self.snap_at = snapshot_steps(c.total_steps) - self.ckpt_at
         self.label_smoothing = float(tr.get("label_smoothing", 0.0))
         self.log_every = max(int(tr.get("log_every", 20)), 1)
 
@@ -358,10 +367,19 @@ class CellRun:
             tags = [t for t in prev.get("tags", []) if t != tag] + [tag]
             atomic_write_json(ckpt / "LATEST.json", {"step": self.step, "tag": tag, "tags": tags[-KEEP_CHECKPOINTS:],
                                                      "time": _now()})
-            keep = set(tags[-KEEP_CHECKPOINTS:]) | {_tag(s) for s in self.cell.keep_steps}
+            keep = set(tags[-KEEP_CHECKPOINTS:]) | {_tag(s) for s in self.cell.keep_steps} \
+                | {_tag(s) for s in snapshot_steps(self.cell.total_steps)}
             for d in ckpt.iterdir():
                 if d.is_dir() and d.name.startswith("step") and d.name not in keep:
                     shutil.rmtree(d, ignore_errors=True)
+        self.timing["checkpoint"] += time.perf_counter() - t0
+
+    def save_snapshot(self) -> None:
+        """Model weights only at ``step<N>/weights.pt`` (for samples; never resumed from)."""
+        t0 = time.perf_counter()
+        sd = self.full_state_dict()  # a collective at ZeRO-3: every rank calls it
+        if self.main:
+            atomic_write_bytes(self.layout.checkpoints / _tag(self.step) / "weights.pt", _torch_bytes(sd))
         self.timing["checkpoint"] += time.perf_counter() - t0
 
     def full_state_dict(self) -> Optional[dict]:
@@ -559,6 +577,8 @@ class CellRun:
                              f"last {row['test_err_last']:.4f}")
                 if self.step in self.ckpt_at:
                     self.save()
+                elif self.step in self.snap_at:
+                    self.save_snapshot()
                 if self.step % self.log_every == 0 or self.step == c.total_steps:
                     self.log_line(loss)
                 if self.step_delay:
