@@ -99,3 +99,23 @@ def test_forward_loss_usages_and_gradients_reach_encoder():
     assert vae.encoder.conv_in.weight.grad.abs().sum() > 0
     assert vae.quantize.embedding.weight.grad.abs().sum() > 0
     assert vae.quantize.ema_vocab_hit_SV.sum() > 0
+
+
+def test_plain_layout_preset_round_trip():
+    # cpu32x8: the 'plain' encoder/decoder (a preset switch) around the same quantizer
+    p = PRESETS["cpu32x8"]
+    assert (p.vae_arch, p.vae_norm, p.seq_len, p.downsample) == ("plain", "none", 130, 4)
+    torch.manual_seed(0)
+    vae = VQVAE.from_preset(p).eval()
+    assert sum(t.numel() for t in vae.parameters()) == 456_179
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        f = vae.encode(x)
+        assert f.shape == (2, p.cvae, 8, 8)
+        idx = vae.img_to_idx(x)
+        assert [tuple(i.shape) for i in idx] == [(2, pn * pn) for pn in p.patch_nums]
+        assert vae.idx_to_img(idx).shape == x.shape
+    rec, vq, _ = vae.train()(x)
+    assert rec.shape == x.shape and torch.isfinite(vq)
+    with pytest.raises(ValueError, match="valid: ldm, plain"):
+        VQVAE(vocab_size=16, cvae=4, ch=8, ch_mult=(1, 2), patch_nums=(1, 2), arch="unet")

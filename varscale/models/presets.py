@@ -31,6 +31,9 @@ class Preset:
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
     vae_norm: str = "group"  # VQVAE normalisation: "group" (official GroupNorm32) or "none"
+    # VQVAE encoder/decoder layout: "ldm" (official: res blocks, attention, GroupNorm) or
+    # "plain" (stride-2 convs / transposed convs, SiLU, no norm; a CPU-preset deviation)
+    vae_arch: str = "ldm"
 
     @property
     def seq_len(self) -> int:
@@ -55,6 +58,10 @@ PRESETS: dict[str, Preset] = {
         # 64x64 images, 8x8 latent grid, L = 130 tokens
         Preset("cpu64", 64, (1, 2, 3, 4, 6, 8), 1024, 16, 16, (1, 2, 4, 4), head_dim=32, num_classes=10,
                enc_res_blocks=1, vae_norm="none"),
+        # 32x32 images, 8x8 latent grid, L = 130 tokens: the tokenizer that reaches 26 dB on
+        # the default dataset (docs/data.md); plain conv encoder/decoder, 64-128 channels
+        Preset("cpu32x8", 32, (1, 2, 3, 4, 6, 8), 512, 16, 64, (1, 1, 2), head_dim=16, num_classes=10,
+               vae_norm="none", vae_arch="plain"),
         # tests: seconds per cell; downsample 8 so the 2x2 latent grid matches patch_nums[-1]
         Preset("tiny", 16, (1, 2), 64, 8, 16, (1, 1, 2, 2), head_dim=8, num_classes=4),
     ]
