@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import DEFAULT_BOOT, Fit, attach_ci, run_weights
+from .load import is_stable_run
 from .powerlaw import _wls_loglog, fit_power_law
 
 
@@ -85,7 +86,7 @@ def fit_frontier(df: pd.DataFrame, x: str = "flops", y: str = "test_loss_last",
 
 def annealed_rows(df: pd.DataFrame) -> pd.DataFrame | None:
     """The decayed runs' final evaluations of a warmup-stable-decay study, else None."""
-    if "run_id" not in df or not df["run_id"].astype(str).str.contains("-stable-", regex=False).any():
+    if "run_id" not in df or not is_stable_run(df).any():
         return None
     out = df[df["is_final"]] if "is_final" in df else df.iloc[:0]
     return out if len(out) >= 2 else None

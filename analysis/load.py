@@ -95,8 +95,7 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
         finished = (df["step"] >= df["total_steps"].fillna(np.inf)) | (df["state"] == "done")
         # a warmup-stable-decay design's stable run is never decayed: its curve belongs on the
         # compute frontier, but its last point is not a trained model of its size
-        stable = df["run_id"].astype(str).str.contains("-stable-", regex=False)
-        df["is_final"] = last & finished & (df["state"] != "diverged") & ~stable
+        df["is_final"] = last & finished & (df["state"] != "diverged") & ~is_stable_run(df)
     else:
         df["is_final"] = pd.Series(dtype=bool)
     df["budget"] = budget_values(df, study_dir) if len(df) else pd.Series(dtype=float)
@@ -121,6 +120,11 @@ def _read_parallel(parts: list[Path], chunk: int = 64):
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
         tables = list(ex.map(read_parts, chunks))
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def is_stable_run(df: pd.DataFrame) -> pd.Series:
+    """True on rows of a warmup-stable-decay design's stable run (its run id says so)."""
+    return df["run_id"].astype(str).str.contains("-stable-", regex=False)
 
 
 def final_rows(df: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
 from .bootstrap import DEFAULT_BOOT, Fit
 from .chinchilla import extrapolation_check_chinchilla, fit_chinchilla, isoflop
 from .frontier import annealed_rows, fit_frontier
-from .load import LOSSES, METRICS, cells, final_rows, floors, load, usable_floors
+from .load import LOSSES, METRICS, cells, final_rows, floors, is_stable_run, load, usable_floors
 from .powerlaw import extrapolation_check, fit_power_law, fit_saturating
 
 SHORT = {"test_loss_last": "L_last", "test_loss_avg": "L_avg", "test_err_last": "Err_last",
@@ -62,8 +62,7 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
         out["notes"].append("no evaluations yet")
         return out
     fr = final_rows(df)
-    stable = df["run_id"].astype(str).str.contains("-stable-", regex=False)
-    unfinished = df.loc[~stable, "run_id"].nunique() - fr["run_id"].nunique()
+    unfinished = df.loc[~is_stable_run(df), "run_id"].nunique() - fr["run_id"].nunique()
     if unfinished:
         out["notes"].append(f"{unfinished} run(s) not finished (running, failed or diverged): "
                             "left out of the laws vs N, their evaluations still count on the frontier")

@@ -327,8 +327,9 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        window_SV += vae.quantize.last_hits_SV.detach().cpu()
-        log_SV += vae.quantize.last_hits_SV.detach().cpu()
+        hits_SV = vae.quantize.last_hits_SV.detach().cpu()
+        window_SV += hits_SV
+        log_SV += hits_SV
         if tc.revive_dead_codes and (step + 1) % tc.revive_every == 0:
             # without this the encoder output shrinks under the commitment loss, drifts away
             # from the codebook and all scales collapse onto a few codes (seen within 100 steps)
