@@ -194,3 +194,23 @@ def test_torch_compile_matches_eager():
         ref = var(label, x)
         out = torch.compile(var)(label, x)
     assert torch.allclose(ref, out, atol=1e-5)
+
+
+def test_pos_init_sincos2d_aligns_scales():
+    """pos_init="sincos2d": a fine token starts closest to the coarse token covering it."""
+    from varscale.models.var import pos_sincos_2d
+
+    pn = (1, 2, 3, 4, 6, 8)
+    table = pos_sincos_2d(pn, 64, 0.07)[0]
+    assert table.shape == (130, 64) and table.std().item() == pytest.approx(0.07, rel=1e-4)
+    unit = torch.nn.functional.normalize(table, dim=-1)
+    nearest_4x4 = (unit[-64:] @ unit[14:30].T).argmax(1).view(8, 8)
+    covering = torch.tensor([[(i // 2) * 4 + j // 2 for j in range(8)] for i in range(8)])
+    assert torch.equal(nearest_4x4, covering)
+    assert pos_sincos_2d(pn, 18, 0.1).shape == (1, 130, 18)  # C not a multiple of 4
+
+    a = build_var("cpu32x8", 2, pos_init="sincos2d")
+    b = build_var("cpu32x8", 2, pos_init="sincos2d")
+    assert torch.equal(a.pos_1LC, b.pos_1LC)  # deterministic, unlike the official random init
+    with pytest.raises(ValueError, match="pos_init"):
+        build_var("cpu32x8", 1, pos_init="rope")

@@ -81,6 +81,8 @@ class ModelConfig:
     attn_l2_norm: bool = True
     shared_aln: bool = False
     aln_gamma_init: float = 1e-3
+    # pos_1LC init: "trunc_normal" (official) or "sincos2d" (a deviation; docs/models.md)
+    pos_init: Literal["trunc_normal", "sincos2d"] = "trunc_normal"
     fused: bool = True  # fused attention / kernels where available
 
 

@@ -61,7 +61,8 @@ def var_overrides(model_cfg) -> dict:
     """VARConfig overrides from a study's ``config.ModelConfig`` (head_dim None: the preset's)."""
     kw = dict(class_dropout=model_cfg.class_dropout, class_dropout_in_eval=model_cfg.class_dropout_in_eval,
               attn_l2_norm=model_cfg.attn_l2_norm, shared_aln=model_cfg.shared_aln,
-              aln_gamma_init=model_cfg.aln_gamma_init, fused=model_cfg.fused)
+              aln_gamma_init=model_cfg.aln_gamma_init, pos_init=model_cfg.pos_init,
+              fused=model_cfg.fused)
     if model_cfg.head_dim is not None:
         kw["head_dim"] = model_cfg.head_dim
     if not model_cfg.drop_path:

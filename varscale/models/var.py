@@ -62,6 +62,8 @@ class VARConfig:
     aln_gamma_init: float = 1e-5  # official default; README recipes use 1e-3 (d16/20) .. 5e-6 (d36)
     head_init: float = 0.02
     init_std: Optional[float] = None  # None: sqrt(1 / (3 C)), as the official code
+    # "trunc_normal": the official random pos_1LC; "sincos2d": a deviation, see pos_sincos_2d
+    pos_init: str = "trunc_normal"
     # numerically equivalent faster paths (fewer kernel launches); False: the official op order
     fused: bool = True
 
@@ -225,6 +227,34 @@ class AdaLNBeforeHead(nn.Module):
         return torch.addcmul(shift, F.layer_norm(x_BLC, (self.C,), eps=self.norm_eps), scale + 1)
 
 
+def pos_sincos_2d(patch_nums, C: int, std: float) -> torch.Tensor:
+    """(1, L, C) position table where every scale shares one continuous 2-D frame.
+
+    Token (i, j) of a pn x pn scale sits at the centre ((i + .5) / pn, (j + .5) / pn) of the
+    unit square and gets sin/cos of that point at C/4 geometric frequencies per axis, so a
+    token and the coarser tokens covering the same area start out with similar embeddings,
+    and neighbours are linearly separable from the first step. The official code draws
+    pos_1LC at random; with 8x8 latents that left every depth on a long plateau (predicting
+    each scale's commonest code) before attention found the spatial layout (docs/models.md).
+    Scaled to the per-element std of the official init so nothing else changes.
+    """
+    nf = max(1, C // 4)
+    pmax = max(patch_nums)
+    freqs = math.pi * torch.logspace(0, math.log10(max(pmax, 2)), nf, dtype=torch.float64)
+    rows = []
+    for pn in patch_nums:
+        c = (torch.arange(pn, dtype=torch.float64) + 0.5) / pn
+        y, x = torch.meshgrid(c, c, indexing="ij")
+        y, x = y.reshape(-1, 1) * freqs, x.reshape(-1, 1) * freqs
+        rows.append(torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1))
+    table = torch.cat(rows)
+    if table.shape[1] < C:  # C not a multiple of 4: pad with zeros
+        table = torch.cat([table, table.new_zeros(table.shape[0], C - table.shape[1])], dim=1)
+    table = table[:, :C]
+    table = table / table.std() * std
+    return table.unsqueeze(0).float()
+
+
 class VAR(nn.Module):
     def __init__(self, cfg: VARConfig):
         super().__init__()
@@ -279,7 +309,12 @@ class VAR(nn.Module):
             elif isinstance(m, nn.Embedding):
                 nn.init.trunc_normal_(m.weight, std=std)
         nn.init.trunc_normal_(self.pos_start, std=std)
-        nn.init.trunc_normal_(self.pos_1LC, std=std)
+        if cfg.pos_init == "sincos2d":
+            self.pos_1LC.copy_(pos_sincos_2d(cfg.patch_nums, self.C, std))
+        elif cfg.pos_init == "trunc_normal":
+            nn.init.trunc_normal_(self.pos_1LC, std=std)
+        else:
+            raise ValueError(f"pos_init must be 'trunc_normal' or 'sincos2d', got {cfg.pos_init!r}")
         if cfg.head_init >= 0:
             self.head.weight.mul_(cfg.head_init)
             self.head.bias.zero_()
