@@ -234,9 +234,10 @@ def pos_sincos_2d(patch_nums, C: int, std: float) -> torch.Tensor:
     unit square and gets sin/cos of that point at C/4 geometric frequencies per axis, so a
     token and the coarser tokens covering the same area start out with similar embeddings,
     and neighbours are linearly separable from the first step. The official code draws
-    pos_1LC at random; with 8x8 latents that left every depth on a long plateau (predicting
-    each scale's commonest code) before attention found the spatial layout (docs/models.md).
-    Scaled to the per-element std of the official init so nothing else changes.
+    pos_1LC at random; with 8x8 latents every depth then sits for hundreds of steps on a
+    plateau where it ignores the image content and predicts each scale's marginal codes;
+    this init shortens it (docs/default_study.md). Scaled to the per-element std of the
+    official init so nothing else changes.
     """
     nf = max(1, C // 4)
     pmax = max(patch_nums)
@@ -263,6 +264,8 @@ class VAR(nn.Module):
         self.C, self.D, self.L, self.first_l = C, D, cfg.seq_len, cfg.first_l
         self.num_classes = cfg.num_classes
         K = len(cfg.patch_nums)
+        if cfg.pos_init not in ("trunc_normal", "sincos2d"):
+            raise ValueError(f"pos_init must be 'trunc_normal' or 'sincos2d', got {cfg.pos_init!r}")
         init_std = math.sqrt(1 / C / 3) if cfg.init_std is None else cfg.init_std
         self.init_std = init_std
 
@@ -311,10 +314,8 @@ class VAR(nn.Module):
         nn.init.trunc_normal_(self.pos_start, std=std)
         if cfg.pos_init == "sincos2d":
             self.pos_1LC.copy_(pos_sincos_2d(cfg.patch_nums, self.C, std))
-        elif cfg.pos_init == "trunc_normal":
-            nn.init.trunc_normal_(self.pos_1LC, std=std)
         else:
-            raise ValueError(f"pos_init must be 'trunc_normal' or 'sincos2d', got {cfg.pos_init!r}")
+            nn.init.trunc_normal_(self.pos_1LC, std=std)
         if cfg.head_init >= 0:
             self.head.weight.mul_(cfg.head_init)
             self.head.bias.zero_()
