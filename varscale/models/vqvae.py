@@ -188,6 +188,15 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def _plain_stack(c_in: int, chans: Sequence[int], c_out: int, resample) -> nn.Sequential:
+    """conv3x3 c_in -> chans[0], then ``resample(chans[i], chans[i+1])`` per level, conv3x3 -> c_out; SiLU between."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, chans[0], 3, 1, 1), nn.SiLU()]
+    for a, b in zip(chans[:-1], chans[1:]):
+        layers += [resample(a, b), nn.SiLU()]
+    layers.append(nn.Conv2d(chans[-1], c_out, 3, 1, 1))
+    return nn.Sequential(*layers)
+
+
 class PlainEncoder(nn.Module):
     """conv3x3 -> a stride-2 conv4x4 per level -> conv3x3 to z_channels, SiLU between, no norm.
 
@@ -198,12 +207,8 @@ class PlainEncoder(nn.Module):
 
     def __init__(self, ch: int, ch_mult: Sequence[int], z_channels: int, in_channels: int = 3):
         super().__init__()
-        chans = [ch * m for m in ch_mult]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, chans[0], 3, 1, 1), nn.SiLU()]
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.SiLU()]
-        layers.append(nn.Conv2d(chans[-1], z_channels, 3, 1, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = _plain_stack(in_channels, [ch * m for m in ch_mult], z_channels,
+                                lambda a, b: nn.Conv2d(a, b, 4, 2, 1))
 
     def forward(self, x):
         return self.net(x)
@@ -214,12 +219,8 @@ class PlainDecoder(nn.Module):
 
     def __init__(self, ch: int, ch_mult: Sequence[int], z_channels: int, out_ch: int = 3):
         super().__init__()
-        chans = [ch * m for m in ch_mult][::-1]
-        layers: list[nn.Module] = [nn.Conv2d(z_channels, chans[0], 3, 1, 1), nn.SiLU()]
-        for c_in, c_out in zip(chans[:-1], chans[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.SiLU()]
-        layers.append(nn.Conv2d(chans[-1], out_ch, 3, 1, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = _plain_stack(z_channels, [ch * m for m in ch_mult][::-1], out_ch,
+                                lambda a, b: nn.ConvTranspose2d(a, b, 4, 2, 1))
 
     def forward(self, z):
         return self.net(z)
