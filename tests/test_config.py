@@ -53,6 +53,7 @@ def test_wrong_type_names_path_and_expected_type():
         ({"training": {"batch_size": 63}, "execution": {"nproc_per_node": 2}}, "not divisible by the world size 2"),
         ({"model": {"preset": "cpu33"}}, "did you mean 'cpu32'"),
         ({"data": {"resolution": 64}}, "does not match preset"),
+        ({"data": {"factor_levels": 1}}, "data.factor_levels: must be 0 (continuous) or >= 2"),
     ],
 )
 def test_impossible_values(raw, needle):
@@ -105,3 +106,20 @@ def test_validate_cli_prints_errors_and_exit_code(tmp_path):
 @pytest.mark.parametrize("study", sorted(p.parent.name for p in (ROOT / "runs").glob("*/study.yaml")))
 def test_committed_studies_validate(study):
     load_study(ROOT / "runs" / study)
+
+
+def test_options_at_hash_neutral_defaults_keep_every_hash():
+    """Adding an option must not invalidate studies run before it existed (caches, cell ids)."""
+    from varscale.config import HASH_NEUTRAL_DEFAULTS, StudyConfig
+
+    base = StudyConfig()
+    d = base.to_dict()
+    for section, opts in HASH_NEUTRAL_DEFAULTS.items():
+        for k, v in opts.items():
+            assert d[section][k] == v  # neutral value = the dataclass default
+    stripped = {s: {k: v for k, v in sec.items() if k not in HASH_NEUTRAL_DEFAULTS.get(s, {})}
+                if isinstance(sec, dict) else sec for s, sec in d.items()}
+    import hashlib, json
+    old = hashlib.sha256(json.dumps(stripped, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    assert base.hash() == old
+    assert from_dict({"data": {"factor_levels": 4}}).hash("data") != base.hash("data")

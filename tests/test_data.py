@@ -91,3 +91,18 @@ def test_make_dataset_folder(tmp_path):
     assert len(ds) == 6 and ds[0][0].shape == (3, 16, 16)
     with pytest.raises(FileNotFoundError):
         ImageFolder(tmp_path / "nowhere", "train")
+
+
+def test_factor_levels_snap_every_factor_but_keep_classes():
+    idx = np.arange(300)
+    cont, lab_c = ProceduralImages(300, 32, 10, seed=0).batch(idx)
+    disc, lab_d = ProceduralImages(300, 32, 10, seed=0, factor_levels=4).batch(idx)
+    assert np.array_equal(lab_c, lab_d)  # the class column is never snapped
+    assert not np.array_equal(cont, disc)
+    again, _ = ProceduralImages(300, 32, 10, seed=0, factor_levels=4).batch(idx)
+    assert disc.tobytes() == again.tobytes()
+    from varscale.data.procedural import N_FACTORS, snap_factors, uniforms
+    u = snap_factors(uniforms(0, "train", idx), 4)
+    assert set(np.unique(u[:, :N_FACTORS - 1])) == {0.125, 0.375, 0.625, 0.875}
+    with pytest.raises(ValueError, match="factor_levels"):
+        ProceduralImages(10, 32, 10, factor_levels=1)

@@ -100,7 +100,9 @@ class CellConfig:
                           "training": self.training, "evaluation": self.evaluation})
 
     def hash(self) -> str:
-        d = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
+        from varscale.config import hash_view
+
+        d = {k: hash_view(k, v) for k, v in self.to_dict().items() if k not in _UNHASHED}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     @property

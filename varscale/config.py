@@ -44,6 +44,9 @@ class DataConfig:
     train_images: int = 60000
     val_images: int = 5000
     seed: int = 0
+    # procedural: 0 = every random factor continuous; n >= 2 = each snapped to n levels
+    # (a lower irreducible token entropy; docs/data.md)
+    factor_levels: int = 0
     # folder: ImageNet layout root/{train,val}/<class>/*.jpg
     root: Optional[str] = None
     # paper's resize-then-crop: shorter side to resolution * resize_ratio (Lanczos)
@@ -184,11 +187,28 @@ class StudyConfig:
 
     def hash(self, *sections: str) -> str:
         """Short stable hash of the named sections (all if none), for ids and cache keys."""
-        d = self.to_dict()
+        d = {s: hash_view(s, v) for s, v in self.to_dict().items()}
         if sections:
             d = {s: d[s] for s in sections}
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
+
+
+# Options added after studies were already run: while at these values they stay out of every
+# hash (study, tokenizer, token cache, cell ids), so upgrading varscale keeps a study's
+# trained tokenizer, token cache and finished cells valid instead of silently retraining.
+HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"factor_levels": 0},
+    "model": {"pos_init": "trunc_normal"},
+}
+
+
+def hash_view(section: str, d: Any) -> Any:
+    """``d`` (a section as a plain dict) without the options that sit at a hash-neutral default."""
+    neutral = HASH_NEUTRAL_DEFAULTS.get(section)
+    if not neutral or not isinstance(d, dict):
+        return d
+    return {k: v for k, v in d.items() if not (k in neutral and v == neutral[k])}
 
 
 def expand_range(r: BudgetRange) -> list[float]:
@@ -448,6 +468,8 @@ def _check_values(c: StudyConfig) -> list[str]:
     if c.data.kind == "procedural":
         if c.data.train_images < 1 or c.data.val_images < 1:
             e.append("data.train_images / data.val_images: must be >= 1")
+    if c.data.factor_levels < 0 or c.data.factor_levels == 1:
+        e.append(f"data.factor_levels: must be 0 (continuous) or >= 2, got {c.data.factor_levels}")
     if c.data.num_classes < 1:
         e.append(f"data.num_classes: must be >= 1, got {c.data.num_classes}")
     if c.execution.parallel < 1:

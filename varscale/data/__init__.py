@@ -16,7 +16,8 @@ def make_dataset(data_cfg, split: str):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if data_cfg.kind == "procedural":
         n = data_cfg.train_images if split == "train" else data_cfg.val_images
-        return ProceduralImages(n, data_cfg.resolution, data_cfg.num_classes, data_cfg.seed, split)
+        return ProceduralImages(n, data_cfg.resolution, data_cfg.num_classes, data_cfg.seed, split,
+                                data_cfg.factor_levels)
     if data_cfg.kind == "folder":
         if not data_cfg.root:
             raise ValueError("data.root is required for a folder dataset")

@@ -55,6 +55,19 @@ def uniforms(seed: int, split: str, idx_N: np.ndarray, n: int = N_FACTORS) -> np
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+def snap_factors(u: np.ndarray, levels: int) -> np.ndarray:
+    """Each factor column but the class's snapped to the centre of one of ``levels`` equal bins.
+
+    Continuous factors make the finest tokens carry their low-order digits, which no model
+    can predict from the coarser scales; discrete ones can be inferred (docs/data.md).
+    """
+    if not levels:
+        return u
+    out = u.copy()
+    out[:, :N_FACTORS - 1] = (np.floor(u[:, :N_FACTORS - 1] * levels) + 0.5) / levels
+    return out
+
+
 def class_attributes(label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What a class fixes: shape id, layout (0 one object, 1 pair), texture angle, frequency.
 
@@ -168,9 +181,12 @@ class ProceduralImages:
     fast_batch = True  # batch() is the fast path (the token cache uses it)
 
     def __init__(self, num_images: int, resolution: int = 32, num_classes: int = 10,
-                 seed: int = 0, split: str = "train"):
+                 seed: int = 0, split: str = "train", factor_levels: int = 0):
         if num_classes < 1:
             raise ValueError("num_classes must be >= 1")
+        if factor_levels < 0 or factor_levels == 1:
+            raise ValueError("factor_levels must be 0 (continuous) or >= 2")
+        self.factor_levels = int(factor_levels)
         self.num_images = int(num_images)
         self.resolution = int(resolution)
         self.num_classes = int(num_classes)
@@ -192,6 +208,7 @@ class ProceduralImages:
             raise IndexError(f"index out of range for {self.num_images} images")
         u = uniforms(self.seed, self.split, idx, N_FACTORS)
         label = np.minimum((u[:, N_FACTORS - 1] * self.num_classes).astype(np.int64), self.num_classes - 1)
+        u = snap_factors(u, self.factor_levels)
         out = np.empty((idx.size, 3, self.resolution, self.resolution), dtype=np.float32)
         for s in range(0, idx.size, chunk):  # chunks keep the temporaries small
             out[s:s + chunk] = render(u[s:s + chunk], label[s:s + chunk], self.resolution)

@@ -77,7 +77,9 @@ def config_hash(cfg) -> str:
     """Hash of what a trained tokenizer depends on: the data, the tokenizer recipe, the VQVAE shape."""
     tc = dataclasses.asdict(cfg.tokenizer)
     tc.pop("threads", None)  # how many threads does not change what is learnt... nearly; see docs
-    blob = json.dumps({"data": dataclasses.asdict(cfg.data), "tokenizer": tc,
+    from varscale.config import hash_view
+
+    blob = json.dumps({"data": hash_view("data", dataclasses.asdict(cfg.data)), "tokenizer": tc,
                        "preset": dataclasses.asdict(_preset_of(cfg))}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
