@@ -12,7 +12,8 @@ torch.set_num_threads(1)
 
 
 def _cfg(**tok):
-    t = {"steps": 40, "batch_size": 16, "lr": 2e-3, "revive_every": 10, "threads": 1}
+    t = {"steps": 40, "batch_size": 16, "lr": 2e-3, "revive_every": 10, "threads": 1,
+         "fail_on_collapse": False}  # 40 steps stay at the mean image (see the collapse test)
     t.update(tok)
     return from_dict({"model": {"preset": "tiny"}, "tokenizer": t,
                       "data": {"resolution": 16, "num_classes": 4, "train_images": 200, "val_images": 32}})
@@ -82,3 +83,37 @@ def test_missing_tokenizer_message(tmp_path):
 def test_cli_needs_train_verb(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path)])
+
+
+def test_collapsed_tokenizer_stops_with_a_clear_error(trained, tmp_path):
+    """40 steps of the tiny preset sit at the mean image: by default that is an error, and the
+    checkpoint is kept but never reused as complete."""
+    from varscale.train.tokenizer import TokenizerCollapsed, collapse_message
+
+    d, cfg, path, logs = trained
+    m = json.loads((d / "tokenizer" / "metrics.json").read_text())
+    assert m["collapsed"] and m["val_psnr"] < m["mean_image_psnr"] + 1.0
+    assert any("WARNING: the tokenizer collapsed" in line for line in logs)
+    strict = _cfg(fail_on_collapse=True)
+    assert strict.hash() != cfg.hash()  # not hash-neutral when set off its default...
+    from varscale.train.tokenizer import config_hash
+    assert config_hash(strict) == config_hash(cfg)  # ...but the tokenizer itself is the same
+    with pytest.raises(TokenizerCollapsed, match=r"val PSNR .* dB is within 1 dB of predicting"):
+        train_tokenizer(tmp_path, strict, log=lambda s: None)
+    assert torch.load(tmp_path / "tokenizer" / "vqvae.pt", weights_only=True)["complete"] is False
+    assert existing_complete(tmp_path, strict) is None
+    assert collapse_message({"val_psnr": 21.9, "mean_image_psnr": 12.2}) is None
+
+
+def test_mean_image_psnr_is_the_psnr_of_the_mean_image(trained):
+    import numpy as np
+
+    from varscale.data import make_dataset
+    from varscale.train.tokenizer import evaluate, psnr_from_mse
+
+    d, cfg, _, _ = trained
+    ds = make_dataset(cfg.data, "val")
+    x01 = (ds.batch(np.arange(len(ds)))[0].astype(np.float64) + 1) / 2
+    want = psnr_from_mse(float(((x01 - x01.mean(0)) ** 2).mean()))
+    got = evaluate(load_tokenizer(d, cfg), ds, batch_size=10)["mean_image_psnr"]
+    assert abs(got - want) < 1e-6

@@ -68,6 +68,8 @@ class TokenizerConfig:
     adversarial_weight: float = 0.0
     revive_dead_codes: bool = True
     revive_every: int = 25  # longer windows let the encoder shrink onto a few codes (docs/data.md)
+    # a tokenizer no better than the mean image stops the study (false: warn and go on)
+    fail_on_collapse: bool = True
     seed: int = 0
     threads: Optional[int] = None
 
@@ -200,6 +202,8 @@ class StudyConfig:
 HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"factor_levels": 0},
     "model": {"pos_init": "trunc_normal"},
+    "tokenizer": {"fail_on_collapse": True},
+    "preset": {"vae_arch": "ldm"},  # models.presets.Preset, in the tokenizer's hash
 }
 
 

@@ -77,10 +77,11 @@ def config_hash(cfg) -> str:
     """Hash of what a trained tokenizer depends on: the data, the tokenizer recipe, the VQVAE shape."""
     tc = dataclasses.asdict(cfg.tokenizer)
     tc.pop("threads", None)  # how many threads does not change what is learnt... nearly; see docs
+    tc.pop("fail_on_collapse", None)  # what to do with the result, not how it is made
     from varscale.config import hash_view
 
     blob = json.dumps({"data": hash_view("data", dataclasses.asdict(cfg.data)), "tokenizer": tc,
-                       "preset": dataclasses.asdict(_preset_of(cfg))}, sort_keys=True, default=str)
+                       "preset": hash_view("preset", dataclasses.asdict(_preset_of(cfg)))}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -183,6 +184,7 @@ def evaluate(vae, ds, max_images: int = EVAL_IMAGES, batch_size: int = 250, devi
     K = len(vae.patch_nums)
     hits_SV = torch.zeros(K, vae.vocab_size)
     se, count, psnrs = 0.0, 0, []
+    sum_x = sum_xx = 0.0  # per pixel, for the PSNR of predicting the mean image
     for s in range(0, n, batch_size):
         img, _ = ds.batch(np.arange(s, min(s + batch_size, n)))
         x = torch.as_tensor(img, device=device)
@@ -192,6 +194,9 @@ def evaluate(vae, ds, max_images: int = EVAL_IMAGES, batch_size: int = 250, devi
         se += float(err.sum())
         psnrs += (10 * torch.log10(1 / err.clamp_min(1e-12))).tolist()
         count += x.shape[0]
+        x01 = (x.double().cpu() + 1) * 0.5
+        sum_x = sum_x + x01.sum(0)
+        sum_xx = sum_xx + x01.pow(2).sum(0)
         for k, i in enumerate(idx):
             hits_SV[k] += torch.bincount(i.flatten().cpu(), minlength=vae.vocab_size).float()
     vae.train(was_training)
@@ -203,7 +208,32 @@ def evaluate(vae, ds, max_images: int = EVAL_IMAGES, batch_size: int = 250, devi
         "usage_by_scale": [round(float(u), 4) for u in used_S],
         "usage_overall": float((hits_SV.sum(0) > 0).float().mean()),
         "eval_images": count,
+        "mean_image_psnr": psnr_from_mse(float((sum_xx / max(count, 1) - (sum_x / max(count, 1)) ** 2).mean()))
+        if count else float("nan"),
     }
+
+
+COLLAPSE_MARGIN_DB = 1.0
+
+
+class TokenizerCollapsed(ValueError):
+    """The trained tokenizer reconstructs no better than the dataset's mean image."""
+
+
+def collapse_message(m: dict) -> Optional[str]:
+    """Why the measured tokenizer ``m`` is unusable, or None.
+
+    A VQVAE that sits at the mean image (the encoder output shrinks, every scale lands on a
+    few codes, the decoder learns the average) still "trains" without error; its tokens carry
+    next to nothing, and a grid on them would spend its whole budget fitting noise.
+    """
+    base = m.get("mean_image_psnr")
+    if base is None or not math.isfinite(base) or m["val_psnr"] >= base + COLLAPSE_MARGIN_DB:
+        return None
+    return (f"the tokenizer collapsed: val PSNR {m['val_psnr']:.2f} dB is within {COLLAPSE_MARGIN_DB:g} dB "
+            f"of predicting the dataset's mean image ({base:.2f} dB), so its tokens carry (almost) "
+            f"nothing. Its checkpoint is kept, marked incomplete, and nothing downstream was run. "
+            f"Try more tokenizer.steps, a lower tokenizer.lr, or another tokenizer.seed (docs/data.md)")
 
 
 def _lr_at(step: int, total: int, peak: float) -> float:
@@ -363,11 +393,19 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
               "tokenizer_hash": tokenizer_hash(vae), "curve": curve,
               "n_params": sum(p.numel() for p in vae.parameters()),
               "threads": torch.get_num_threads(), "device": str(device)})
+    collapsed = collapse_message(m)
+    m["collapsed"] = collapsed is not None
     sd = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
+    usable = not collapsed or not tc.fail_on_collapse
     _save(layout.tokenizer_ckpt, {"state_dict": sd, "preset": preset.name, "config_hash": chash,
-                                  "metrics": _plain(m), "complete": True})
+                                  "metrics": _plain(m), "complete": usable})
     atomic_write_json(layout.tokenizer_dir / "metrics.json", m)
     _report(m, log)
+    if collapsed and tc.fail_on_collapse:
+        raise TokenizerCollapsed(collapsed)
+    if collapsed:
+        log(f"tokenizer: WARNING: {collapsed.split('. Its checkpoint')[0]} (tokenizer.fail_on_collapse "
+            f"is false: going on)")
     return layout.tokenizer_ckpt
 
 
