@@ -117,3 +117,16 @@ def test_mean_image_psnr_is_the_psnr_of_the_mean_image(trained):
     want = psnr_from_mse(float(((x01 - x01.mean(0)) ** 2).mean()))
     got = evaluate(load_tokenizer(d, cfg), ds, batch_size=10)["mean_image_psnr"]
     assert abs(got - want) < 1e-6
+
+
+def test_autoencoder_warmup_bypasses_the_quantizer_then_quantizes(tmp_path):
+    cfg = _cfg(ae_warmup_steps=20)
+    logs = []
+    train_tokenizer(tmp_path, cfg, log=logs.append)
+    curve = json.loads((tmp_path / "tokenizer" / "metrics.json").read_text())["curve"]
+    warm = [r for r in curve if r["step"] <= 20]
+    assert warm and all(r["window_usage"] == 0 for r in warm)  # no code was looked up
+    assert all(r["window_usage"] > 0 for r in curve if r["step"] > 20)
+    assert any("autoencoder warm-up" in line for line in logs)
+    with pytest.raises(Exception, match="tokenizer.ae_warmup_steps: must be >= 0 and below"):
+        _cfg(ae_warmup_steps=40)

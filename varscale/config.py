@@ -68,6 +68,9 @@ class TokenizerConfig:
     adversarial_weight: float = 0.0
     revive_dead_codes: bool = True
     revive_every: int = 25  # longer windows let the encoder shrink onto a few codes (docs/data.md)
+    # steps trained as a plain autoencoder (quantizer bypassed) before the codebook is
+    # initialised from the encoder's residuals and quantization starts
+    ae_warmup_steps: int = 0
     # a tokenizer no better than the mean image stops the study (false: warn and go on)
     fail_on_collapse: bool = True
     seed: int = 0
@@ -202,7 +205,7 @@ class StudyConfig:
 HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"factor_levels": 0},
     "model": {"pos_init": "trunc_normal"},
-    "tokenizer": {"fail_on_collapse": True},
+    "tokenizer": {"fail_on_collapse": True, "ae_warmup_steps": 0},
     "preset": {"vae_arch": "ldm"},  # models.presets.Preset, in the tokenizer's hash
 }
 
@@ -472,6 +475,9 @@ def _check_values(c: StudyConfig) -> list[str]:
     if c.data.kind == "procedural":
         if c.data.train_images < 1 or c.data.val_images < 1:
             e.append("data.train_images / data.val_images: must be >= 1")
+    if not 0 <= c.tokenizer.ae_warmup_steps < max(c.tokenizer.steps, 1):
+        e.append(f"tokenizer.ae_warmup_steps: must be >= 0 and below tokenizer.steps "
+                 f"({c.tokenizer.steps}), got {c.tokenizer.ae_warmup_steps}")
     if c.data.factor_levels < 0 or c.data.factor_levels == 1:
         e.append(f"data.factor_levels: must be 0 (continuous) or >= 2, got {c.data.factor_levels}")
     if c.data.num_classes < 1:

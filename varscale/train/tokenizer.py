@@ -348,21 +348,25 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, tc.steps, tc.lr)
         f = vae.encode(img)
-        if step == 0:  # codebook from the data, not near zero: every code starts where residuals are
+        quantizing = step >= tc.ae_warmup_steps
+        if step == tc.ae_warmup_steps:  # codebook from the data: every code starts where residuals are
             n_revived += revive_codes(vae, torch.ones(V, dtype=torch.bool),
                                       [s.cpu() for s in residual_samples(vae, f.detach())], gen)
-        # the same three calls as VQVAE.forward, keeping f for dead-code revival
-        f_hat, vq_loss, _ = vae.quantize(f)
+        if quantizing:  # the same three calls as VQVAE.forward, keeping f for dead-code revival
+            f_hat, vq_loss, _ = vae.quantize(f)
+        else:  # warm start: a plain autoencoder until the encoder's features mean something
+            f_hat, vq_loss = f, f.new_zeros(())
         rec = vae.decoder(vae.post_quant_conv(f_hat))
         rec_l2 = F.mse_loss(rec, img)
         loss = tc.l2_weight * rec_l2 + tc.l1_weight * F.l1_loss(rec, img) + vq_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        hits_SV = vae.quantize.last_hits_SV.detach().cpu()
-        window_SV += hits_SV
-        log_SV += hits_SV
-        if tc.revive_dead_codes and (step + 1) % tc.revive_every == 0:
+        if quantizing:
+            hits_SV = vae.quantize.last_hits_SV.detach().cpu()
+            window_SV += hits_SV
+            log_SV += hits_SV
+        if quantizing and tc.revive_dead_codes and (step + 1 - tc.ae_warmup_steps) % tc.revive_every == 0:
             # without this the encoder output shrinks under the commitment loss, drifts away
             # from the codebook and all scales collapse onto a few codes (seen within 100 steps)
             dead = window_SV.sum(0) == 0
@@ -380,8 +384,9 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
             bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['train_psnr']:.1f}")
             if not sys.stderr.isatty():
                 log(f"tokenizer: step {row['step']}/{tc.steps} loss {row['loss']:.4f} "
-                    f"train PSNR {row['train_psnr']:.2f} dB, codes used {row['window_usage']:.0%} "
-                    f"({row['wall_s']:.0f} s, cpu {row['cpu_s']:.0f} s)")
+                    f"train PSNR {row['train_psnr']:.2f} dB, "
+                    + (f"codes used {row['window_usage']:.0%} " if quantizing else "autoencoder warm-up ")
+                    + f"({row['wall_s']:.0f} s, cpu {row['cpu_s']:.0f} s)")
             run_loss = run_rec = 0.0
             log_SV.zero_()
     bar.close()
