@@ -54,6 +54,7 @@ def test_wrong_type_names_path_and_expected_type():
         ({"model": {"preset": "cpu33"}}, "did you mean 'cpu32'"),
         ({"data": {"resolution": 64}}, "does not match preset"),
         ({"data": {"factor_levels": 1}}, "data.factor_levels: must be 0 (continuous) or >= 2"),
+        ({"tokenizer": {"revive_scale_weights": [1, 1]}}, "tokenizer.revive_scale_weights: needs 4 weights"),
     ],
 )
 def test_impossible_values(raw, needle):
@@ -127,3 +128,10 @@ def test_options_at_hash_neutral_defaults_keep_every_hash():
     old = hashlib.sha256(json.dumps(stripped, sort_keys=True, default=str).encode()).hexdigest()[:8]
     assert base.hash() == old
     assert from_dict({"data": {"factor_levels": 4}}).hash("data") != base.hash("data")
+
+
+def test_validate_piped_into_head_exits_quietly():
+    r = subprocess.run(f"{sys.executable} -m varscale.cli validate {ROOT / 'runs' / 'default'} | head -1",
+                       shell=True, capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.startswith("# ") and "valid" in r.stdout
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr

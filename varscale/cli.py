@@ -48,7 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[cmd][0])
     entry = getattr(module, "main_" + cmd, None) or module.main
-    return int(entry(rest) or 0)
+    try:
+        return int(entry(rest) or 0)
+    except BrokenPipeError:  # `varscale validate dir | head`: the reader left, nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":
