@@ -54,7 +54,6 @@ def test_wrong_type_names_path_and_expected_type():
         ({"model": {"preset": "cpu33"}}, "did you mean 'cpu32'"),
         ({"data": {"resolution": 64}}, "does not match preset"),
         ({"data": {"factor_levels": 1}}, "data.factor_levels: must be 0 (continuous) or >= 2"),
-        ({"tokenizer": {"revive_scale_weights": [1, 1]}}, "tokenizer.revive_scale_weights: needs 4 weights"),
     ],
 )
 def test_impossible_values(raw, needle):

@@ -130,21 +130,3 @@ def test_autoencoder_warmup_bypasses_the_quantizer_then_quantizes(tmp_path):
     assert any("autoencoder warm-up" in line for line in logs)
     with pytest.raises(Exception, match="tokenizer.ae_warmup_steps: must be >= 0 and below"):
         _cfg(ae_warmup_steps=40)
-
-
-def test_revive_scale_weights_split_the_revived_codes():
-    from varscale.models.vqvae import VQVAE
-    from varscale.models.presets import get_preset
-    from varscale.train.tokenizer import revive_codes
-
-    vae = VQVAE.from_preset(get_preset("tiny"))
-    V = vae.vocab_size
-    # two scales whose residuals are told apart by sign: scale 0 all +5, scale 1 all -5
-    C = vae.quantize.embedding.weight.shape[1]
-    samples = [torch.full((50, C), 5.0), torch.full((50, C), -5.0)]
-    g = torch.Generator().manual_seed(0)
-    assert revive_codes(vae, torch.ones(V, dtype=torch.bool), samples, g, [3, 1]) == V
-    pos = int((vae.quantize.embedding.weight.mean(1) > 0).sum())
-    assert pos == 3 * V // 4
-    revive_codes(vae, torch.ones(V, dtype=torch.bool), samples, g)  # default: equal shares
-    assert int((vae.quantize.embedding.weight.mean(1) > 0).sum()) == V // 2

@@ -68,9 +68,6 @@ class TokenizerConfig:
     adversarial_weight: float = 0.0
     revive_dead_codes: bool = True
     revive_every: int = 25  # longer windows let the encoder shrink onto a few codes (docs/data.md)
-    # shares of the revived codes drawn from each scale's residuals (one weight per scale);
-    # None: equal shares
-    revive_scale_weights: Optional[list[float]] = None
     # steps trained as a plain autoencoder (quantizer bypassed) before the codebook is
     # initialised from the encoder's residuals and quantization starts
     ae_warmup_steps: int = 0
@@ -208,7 +205,7 @@ class StudyConfig:
 HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"factor_levels": 0},
     "model": {"pos_init": "trunc_normal"},
-    "tokenizer": {"fail_on_collapse": True, "ae_warmup_steps": 0, "revive_scale_weights": None},
+    "tokenizer": {"fail_on_collapse": True, "ae_warmup_steps": 0},
     "preset": {"vae_arch": "ldm"},  # models.presets.Preset, in the tokenizer's hash
 }
 
@@ -401,10 +398,6 @@ def _check_values(c: StudyConfig) -> list[str]:
         if c.data.resolution != p.resolution:
             e.append(f"data.resolution: {c.data.resolution} does not match preset "
                      f"'{c.model.preset}' ({p.resolution})")
-        rw = c.tokenizer.revive_scale_weights
-        if rw is not None and (len(rw) != len(pn) or min(rw) < 0 or sum(rw) <= 0):
-            e.append(f"tokenizer.revive_scale_weights: needs {len(pn)} weights >= 0 (one per scale of "
-                     f"patch_nums {pn}), not all 0; got {rw}")
     if not c.model.depths:
         e.append("model.depths: needs at least one depth")
     for i, d in enumerate(c.model.depths):

@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -150,10 +150,8 @@ def residual_samples(vae, f_BChw: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def revive_codes(vae, dead_V: torch.Tensor, samples: list[torch.Tensor], gen: torch.Generator,
-                 scale_weights: Optional[Sequence[float]] = None) -> int:
-    """Move dead codes onto random residual vectors: equal shares from every scale, or shares
-    in proportion to ``scale_weights`` (one per scale)."""
+def revive_codes(vae, dead_V: torch.Tensor, samples: list[torch.Tensor], gen: torch.Generator) -> int:
+    """Move dead codes onto random residual vectors, equal shares from every scale."""
     dead = torch.nonzero(dead_V).flatten()
     n = dead.numel()
     if n == 0:
@@ -161,13 +159,7 @@ def revive_codes(vae, dead_V: torch.Tensor, samples: list[torch.Tensor], gen: to
     dead = dead[torch.randperm(n, generator=gen)]
     w = vae.quantize.embedding.weight
     K = len(samples)
-    if scale_weights is None:
-        chunks = dead.chunk(K) if n >= K else [dead]
-    else:
-        cum = np.cumsum(np.asarray(scale_weights, dtype=np.float64))
-        ends = np.rint(n * cum / cum[-1]).astype(int)
-        chunks = torch.split(dead, np.diff(np.concatenate([[0], ends])).tolist())
-    for k, chunk in enumerate(chunks):
+    for k, chunk in enumerate(dead.chunk(K) if n >= K else [dead]):
         if chunk.numel() == 0:
             continue
         pool = samples[k % K]
@@ -359,8 +351,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
         quantizing = step >= tc.ae_warmup_steps
         if step == tc.ae_warmup_steps:  # codebook from the data: every code starts where residuals are
             n_revived += revive_codes(vae, torch.ones(V, dtype=torch.bool),
-                                      [s.cpu() for s in residual_samples(vae, f.detach())], gen,
-                                      tc.revive_scale_weights)
+                                      [s.cpu() for s in residual_samples(vae, f.detach())], gen)
         if quantizing:  # the same three calls as VQVAE.forward, keeping f for dead-code revival
             f_hat, vq_loss, _ = vae.quantize(f)
         else:  # warm start: a plain autoencoder until the encoder's features mean something
@@ -379,8 +370,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
             # without this the encoder output shrinks under the commitment loss, drifts away
             # from the codebook and all scales collapse onto a few codes (seen within 100 steps)
             dead = window_SV.sum(0) == 0
-            n_revived += revive_codes(vae, dead, [s.cpu() for s in residual_samples(vae, f.detach())], gen,
-                                      tc.revive_scale_weights)
+            n_revived += revive_codes(vae, dead, [s.cpu() for s in residual_samples(vae, f.detach())], gen)
             window_SV.zero_()
         run_loss += float(loss.detach())
         run_rec += float(rec_l2.detach())
