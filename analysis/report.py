@@ -39,24 +39,51 @@ def _short(metric: str) -> str:
     return metric
 
 
+def chinchilla_floors(df, x_col: str = "n_params") -> dict[str, float]:
+    """Per loss metric, the E of a Chinchilla fit over the finished runs, where it is a floor
+    (finite, > 0, below every observed value)."""
+    fr = final_rows(df) if len(df) else df
+    out: dict[str, float] = {}
+    if not len(fr) or fr[x_col].nunique() < 2 or fr["tokens_seen"].nunique() < 2 or len(fr) < 6:
+        return out
+    for m in LOSSES:
+        f = fit_chinchilla(fr[x_col], fr["tokens_seen"], fr[m], groups=fr["run_id"], n_boot=0, metric=m)
+        E = float(f.params.get("E", float("nan")))
+        if np.isfinite(E) and 0 < E < float(df[m].min()):
+            out[m] = E
+    return out
+
+
 def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: float | None = None,
               floor_avg: float | None = None, use_floor: bool = True, x_col: str = "n_params",
-              c_col: str = "flops", chinchilla_boot: int | None = None) -> dict:
-    """Fit every law the study's cells allow; returns a JSON-ready dict (see module doc)."""
+              c_col: str = "flops", chinchilla_boot: int | None = None,
+              floor_from: str | None = None) -> dict:
+    """Fit every law the study's cells allow; returns a JSON-ready dict (see module doc).
+
+    ``floor_from="chinchilla"`` subtracts, from each loss, the E of a Chinchilla fit over the
+    finished runs (one number per metric, fitted once, not per slice): a reducible-loss view
+    when the token-entropy floors are no floor (docs/analysis.md).
+    """
     df = load(study_dir)
     axis = df.attrs.get("budget_axis", "budget_flops")
     fl = usable_floors(floors(study_dir), df) if use_floor else {}
+    source = "tokens/meta.json" if fl else "none"
+    if floor_from == "chinchilla":
+        fl, source = chinchilla_floors(df, x_col), "Chinchilla E over the finished runs"
+    elif floor_from is not None:
+        raise ValueError(f"floor_from: unknown source {floor_from!r}; valid: 'chinchilla'")
     if floor_last is not None:
         fl["test_loss_last"] = float(floor_last)
     if floor_avg is not None:
         fl["test_loss_avg"] = float(floor_avg)
+    if floor_last is not None or floor_avg is not None:
+        source = "hand"
     info = cells(study_dir)
     states = info["state"].value_counts().to_dict() if len(info) else {}
     out: dict = {"study": str(study_dir), "cells": len(info), "states": states, "rows": len(df),
                  "budget_axis": axis, "x": x_col, "compute": c_col,
                  "floors": {k: v for k, v in fl.items() if k in LOSSES},
-                 "floor_source": "hand" if (floor_last is not None or floor_avg is not None)
-                 else ("tokens/meta.json" if fl else "none"),
+                 "floor_source": source,
                  "n_boot": n_boot, "fits": [], "extrapolation": [], "isoflop": [], "notes": []}
     if not len(df):
         out["notes"].append("no evaluations yet")
@@ -98,6 +125,9 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
                                      group="all evaluations"))
         if ann is not None:
             fits.append(fit_frontier(ann, x=c_col, y=m, n_boot=n_boot, seed=seed, group="annealed runs"))
+            if m in fl:
+                fits.append(fit_frontier(ann, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed,
+                                         group="annealed runs"))
     # --- Chinchilla Approach 3 on final evaluations
     if fr[x_col].nunique() >= 2 and fr["tokens_seen"].nunique() >= 2 and len(fr) >= 6:
         nb = n_boot if chinchilla_boot is None else chinchilla_boot
@@ -223,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor-last", type=float, help="irreducible last-scale loss by hand (nats)")
     ap.add_argument("--floor-avg", type=float, help="irreducible all-scale loss by hand (nats)")
     ap.add_argument("--no-floor", action="store_true", help="ignore tokens/meta.json entropies")
+    ap.add_argument("--floor-from", choices=["chinchilla"],
+                    help="subtract the E of a Chinchilla fit over the finished runs from each loss")
     ap.add_argument("--x", default="n_params",
                     choices=["n_params", "n_params_blocks", "n_params_nonembedding"])
     ap.add_argument("--compute", default="flops", choices=["flops", "flops_6nd"])
@@ -232,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"varscale fit: no study folder at {a.study_dir}", file=sys.stderr)
         return 2
     rep = fit_study(a.study_dir, n_boot=a.n_boot, seed=a.seed, floor_last=a.floor_last,
-                    floor_avg=a.floor_avg, use_floor=not a.no_floor, x_col=a.x, c_col=a.compute)
+                    floor_avg=a.floor_avg, use_floor=not a.no_floor, x_col=a.x, c_col=a.compute,
+                    floor_from=a.floor_from)
     js, md = write_report(rep, a.study_dir)
     if not a.quiet:
         print(format_terminal(rep))

@@ -209,3 +209,21 @@ def test_annealed_frontier_uses_only_decayed_finals():
     f = F.fit_frontier(ann, x="flops", y="test_loss_last", n_boot=0, group="annealed runs")
     assert f.group == "annealed runs" and set(f.extra["frontier_runs"]) <= set(ann["run_id"])
     assert F.annealed_rows(df[~df["run_id"].str.contains("stable")]) is None  # not a WSD study
+
+
+def test_floor_from_chinchilla_subtracts_one_fitted_E_everywhere(flops_study, monkeypatch):
+    from analysis import report
+
+    # treat the finished runs as the annealed runs of a WSD study, so that frontier is fitted too
+    monkeypatch.setattr(report, "annealed_rows", lambda df: L.final_rows(df))
+    rep = report.fit_study(flops_study, n_boot=0, chinchilla_boot=0, floor_from="chinchilla")
+    assert rep["floor_source"].startswith("Chinchilla E")
+    true = L.floors(flops_study)
+    for m in ("test_loss_last", "test_loss_avg"):
+        assert rep["floors"][m] == pytest.approx(true[m], abs=0.15)
+        tag = f"{m} - {rep['floors'][m]:.4g}"
+        groups = {f["group"] for f in rep["fits"] if f["metric"] == tag}
+        assert "annealed runs" in groups and "all evaluations" in groups
+        assert any(g.startswith("budget_flops=") for g in groups)
+    with pytest.raises(ValueError, match="floor_from"):
+        report.fit_study(flops_study, n_boot=0, floor_from="entropy")
