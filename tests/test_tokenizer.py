@@ -130,3 +130,15 @@ def test_autoencoder_warmup_bypasses_the_quantizer_then_quantizes(tmp_path):
     assert any("autoencoder warm-up" in line for line in logs)
     with pytest.raises(Exception, match="tokenizer.ae_warmup_steps: must be >= 0 and below"):
         _cfg(ae_warmup_steps=40)
+
+
+def test_default_study_tokenizer_hash_survives_new_options():
+    """The trained default tokenizer is reused after an upgrade: options added since it was
+    trained (ae_warmup_steps, fail_on_collapse, the preset's vae_arch) stay out of its hash."""
+    from pathlib import Path
+
+    from varscale.config import load_study
+    from varscale.train.tokenizer import config_hash
+
+    cfg = load_study(Path(__file__).resolve().parents[1] / "runs" / "default")
+    assert config_hash(cfg) == "21aa9356d949"  # the hash of the session-2 default run's tokenizer

@@ -75,10 +75,11 @@ def _preset_of(cfg):
 
 def config_hash(cfg) -> str:
     """Hash of what a trained tokenizer depends on: the data, the tokenizer recipe, the VQVAE shape."""
-    tc = dataclasses.asdict(cfg.tokenizer)
+    from varscale.config import hash_view
+
+    tc = hash_view("tokenizer", dataclasses.asdict(cfg.tokenizer))
     tc.pop("threads", None)  # how many threads does not change what is learnt... nearly; see docs
     tc.pop("fail_on_collapse", None)  # what to do with the result, not how it is made
-    from varscale.config import hash_view
 
     blob = json.dumps({"data": hash_view("data", dataclasses.asdict(cfg.data)), "tokenizer": tc,
                        "preset": hash_view("preset", dataclasses.asdict(_preset_of(cfg)))}, sort_keys=True, default=str)
