@@ -39,15 +39,20 @@ def _short(metric: str) -> str:
     return metric
 
 
-def chinchilla_floors(df, x_col: str = "n_params") -> dict[str, float]:
-    """Per loss metric, the E of a Chinchilla fit over the finished runs, where it is a floor
-    (finite, > 0, below every observed value)."""
-    fr = final_rows(df) if len(df) else df
-    out: dict[str, float] = {}
+def _approach3(fr, x_col: str, n_boot: int, seed: int) -> dict:
+    """Chinchilla Approach 3 per loss metric on the finished runs ({} when N and D do not both
+    vary over >= 6 runs). Fitted once: its E is also the floor of ``floor_from="chinchilla"``."""
     if not len(fr) or fr[x_col].nunique() < 2 or fr["tokens_seen"].nunique() < 2 or len(fr) < 6:
-        return out
-    for m in LOSSES:
-        f = fit_chinchilla(fr[x_col], fr["tokens_seen"], fr[m], groups=fr["run_id"], n_boot=0, metric=m)
+        return {}
+    return {m: fit_chinchilla(fr[x_col], fr["tokens_seen"], fr[m], groups=fr["run_id"], n_boot=n_boot,
+                              seed=seed, metric=m, group="final evaluations") for m in LOSSES}
+
+
+def chinchilla_floors(chin: dict, df) -> dict[str, float]:
+    """Per loss metric, the E of its Approach-3 fit where that is a floor (finite, > 0, below
+    every observed value)."""
+    out: dict[str, float] = {}
+    for m, f in chin.items():
         E = float(f.params.get("E", float("nan")))
         if np.isfinite(E) and 0 < E < float(df[m].min()):
             out[m] = E
@@ -64,14 +69,16 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
     finished runs (one number per metric, fitted once, not per slice): a reducible-loss view
     when the token-entropy floors are no floor (docs/analysis.md).
     """
+    if floor_from not in (None, "chinchilla"):
+        raise ValueError(f"floor_from: unknown source {floor_from!r}; valid: 'chinchilla'")
     df = load(study_dir)
     axis = df.attrs.get("budget_axis", "budget_flops")
+    fr = final_rows(df) if len(df) else df
+    chin = _approach3(fr, x_col, n_boot if chinchilla_boot is None else chinchilla_boot, seed)
     fl = usable_floors(floors(study_dir), df) if use_floor else {}
     source = "tokens/meta.json" if fl else "none"
     if floor_from == "chinchilla":
-        fl, source = chinchilla_floors(df, x_col), "Chinchilla E over the finished runs"
-    elif floor_from is not None:
-        raise ValueError(f"floor_from: unknown source {floor_from!r}; valid: 'chinchilla'")
+        fl, source = chinchilla_floors(chin, df), "Chinchilla E over the finished runs"
     if floor_last is not None:
         fl["test_loss_last"] = float(floor_last)
     if floor_avg is not None:
@@ -88,7 +95,6 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
     if not len(df):
         out["notes"].append("no evaluations yet")
         return out
-    fr = final_rows(df)
     unfinished = df.loc[~is_stable_run(df), "run_id"].nunique() - fr["run_id"].nunique()
     if unfinished:
         out["notes"].append(f"{unfinished} run(s) not finished (running, failed or diverged): "
@@ -129,11 +135,9 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
                 fits.append(fit_frontier(ann, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed,
                                          group="annealed runs"))
     # --- Chinchilla Approach 3 on final evaluations
-    if fr[x_col].nunique() >= 2 and fr["tokens_seen"].nunique() >= 2 and len(fr) >= 6:
-        nb = n_boot if chinchilla_boot is None else chinchilla_boot
-        for m in LOSSES:
-            fits.append(fit_chinchilla(fr[x_col], fr["tokens_seen"], fr[m], groups=fr["run_id"],
-                                       n_boot=nb, seed=seed, metric=m, group="final evaluations"))
+    if chin:
+        for m, f in chin.items():
+            fits.append(f)
             out["extrapolation"].append(extrapolation_check_chinchilla(
                 fr[x_col], fr["tokens_seen"], fr[m], metric=m, group="final evaluations"))
     else:

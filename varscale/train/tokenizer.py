@@ -232,9 +232,7 @@ def collapse_message(m: dict) -> Optional[str]:
     if base is None or not math.isfinite(base) or m["val_psnr"] >= base + COLLAPSE_MARGIN_DB:
         return None
     return (f"the tokenizer collapsed: val PSNR {m['val_psnr']:.2f} dB is within {COLLAPSE_MARGIN_DB:g} dB "
-            f"of predicting the dataset's mean image ({base:.2f} dB), so its tokens carry (almost) "
-            f"nothing. Its checkpoint is kept, marked incomplete, and nothing downstream was run. "
-            f"Try more tokenizer.steps, a lower tokenizer.lr, or another tokenizer.seed (docs/data.md)")
+            f"of predicting the dataset's mean image ({base:.2f} dB), so its tokens carry (almost) nothing")
 
 
 def _lr_at(step: int, total: int, peak: float) -> float:
@@ -408,10 +406,12 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     atomic_write_json(layout.tokenizer_dir / "metrics.json", m)
     _report(m, log)
     if collapsed and tc.fail_on_collapse:
-        raise TokenizerCollapsed(collapsed)
+        raise TokenizerCollapsed(
+            f"{collapsed}. Its checkpoint is kept, marked incomplete, and nothing downstream was run. "
+            f"Try tokenizer.ae_warmup_steps, more tokenizer.steps, a lower tokenizer.lr, or another "
+            f"tokenizer.seed (docs/data.md)")
     if collapsed:
-        log(f"tokenizer: WARNING: {collapsed.split('. Its checkpoint')[0]} (tokenizer.fail_on_collapse "
-            f"is false: going on)")
+        log(f"tokenizer: WARNING: {collapsed} (tokenizer.fail_on_collapse is false: going on)")
     return layout.tokenizer_ckpt
 
 
