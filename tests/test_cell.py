@@ -87,7 +87,7 @@ def test_eval_steps_log_spaced():
 def test_json_round_trip_and_write_cell(tmp_path):
     cells = plan_cells(_cfg(), tmp_path)
     c = cells[0]
-    again = CellConfig.from_dict(json.loads(c.to_json()))
+    again = CellConfig.from_dict(json.loads(json.dumps(c.to_dict())))
     assert again == c
     p = write_cell(tmp_path, c)
     assert p == tmp_path / "cells" / c.run_id / "config.json"

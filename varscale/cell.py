@@ -66,9 +66,6 @@ class CellConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: Optional[str] = None) -> "CellConfig":
         """Strict: an unknown key or a wrong type raises ``varscale.config.ConfigError`` naming its path."""

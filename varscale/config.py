@@ -213,11 +213,12 @@ class DataConfig:
             hint = _did_you_mean(str(kind), list(kinds))
             errors.append(f"{path}.kind: {_show(kind)} is not one of {', '.join(map(repr, kinds))}{hint}")
             return cls()
-        owner = {}  # key -> the kind that uses it
+        owner: dict[str, str] = {}  # key -> the kind that uses it
         for name, kc in kinds.items():
-            for f in dataclasses.fields(kc):
-                owner.setdefault(_key(f), name)
-            for k in getattr(kc, "RETIRED", {}):
+            for k in [_key(f) for f in dataclasses.fields(kc)] + list(getattr(kc, "RETIRED", {})):
+                if k in common or k in owner:  # one flat namespace: a key has one owner
+                    errors.append(f"{path}.{k}: declared by data kind '{name}' and by "
+                                  f"{'the section itself' if k in common else repr(owner[k])}")
                 owner.setdefault(k, name)
         top, own = {}, {}
         for k, v in raw.items():
@@ -239,7 +240,8 @@ class DataConfig:
                 errors.append(f"{path}.{k}: unknown key '{k}'{_did_you_mean(k, sorted(set(common) | set(owner)))}; "
                               f"valid keys in {path} (kind {kind}): {', '.join(valid)}")
         out = _build_fields(cls, top, path, errors)
-        out.options = _build(kinds[kind], own, path, errors)
+        if out is not None:
+            out.options = _build(kinds[kind], own, path, errors)
         return out
 
 
@@ -271,7 +273,7 @@ class TokenizerConfig:
         "perceptual_weight": Retired(0.0, "the perceptual (LPIPS) loss needs pretrained VGG/LPIPS weights, "
                                           "which varscale does not ship and cannot download"),
         "adversarial_weight": Retired(0.0, "the adversarial loss needs a pretrained discriminator backbone "
-                                           "(DINO / StyleGAN features), which varscale does not ship"),
+                                           "of DINO / StyleGAN features, which varscale does not ship"),
     }
 
 
@@ -344,8 +346,8 @@ class TrainingConfig:
     RETIRED: ClassVar[dict[str, Retired]] = {
         "stream_fresh": Retired(False, "streaming fresh images through the tokenizer was never built; "
                                        "raise data.train_images instead"),
-        "compile": Retired(False, "torch.compile inside the DeepSpeed trainer was never built "
-                                  "(benchmarks/bench_var_step.py --compile measures what it would give)"),
+        "compile": Retired(False, "torch.compile inside the DeepSpeed trainer was never built; "
+                                  "benchmarks/bench_var_step.py --compile measures what it would give"),
     }
 
 
@@ -572,8 +574,8 @@ def _build_fields(cls: type, raw: dict, path: str, errors: list[str]) -> Any:
         if k in retired:
             r = retired[k]
             if v != r.value:
-                errors.append(f"{where}: option removed ({r.reason}); only its old value {r.value!r} "
-                              f"is still accepted: remove the key")
+                errors.append(f"{where}: option removed: {r.reason}; only its old value "
+                              f"{json.dumps(r.value)} still loads (remove the key)")
             continue
         if k not in by_key:
             valid = sorted(by_key)

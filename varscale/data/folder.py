@@ -89,6 +89,8 @@ class ImageFolder:
         return len(self.samples)
 
     def set_epoch(self, epoch: int) -> None:
+        # kept though the token cache tokenizes one epoch (0): it is how the same image gets
+        # another of the paper's random crops, reproducibly (the crop hash takes the epoch)
         self.epoch = int(epoch)
 
     def _load(self, i: int) -> np.ndarray:
