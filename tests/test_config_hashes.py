@@ -20,9 +20,9 @@ PINS = json.loads((ROOT / "tests" / "data" / "pinned_hashes.json").read_text())
 DECLARATIONS = {"plain": lambda d: d, "opt": lambda d: opt(d)}
 
 
-def _sub(cls, decl, frozen=False):
+def _sub(cls, decl, frozen=False, name="extra_option"):
     """``cls`` with one more field, ``extra_option: int = 0``, declared the default way."""
-    return dataclasses.make_dataclass(cls.__name__, [("extra_option", int, DECLARATIONS[decl](0))],
+    return dataclasses.make_dataclass(cls.__name__, [(name, int, DECLARATIONS[decl](0))],
                                       bases=(cls,), frozen=frozen)
 
 
@@ -98,8 +98,8 @@ def test_new_field_at_default_keeps_every_hash_and_set_changes_its_own(where, de
 def test_new_field_of_an_inactive_dataset_kind_keeps_every_hash(decl, monkeypatch):
     # the default study is procedural: a field added to the folder kind's keys, and a whole
     # new kind, change nothing; the ImageNet study (folder) is checked for the procedural kind
-    FolderX = type("ImageFolder", (D.ImageFolder,), {"Config": _sub(D.ImageFolder.Config, decl)})
-    ProcX = type("ProceduralImages", (D.ProceduralImages,), {"Config": _sub(D.ProceduralImages.Config, decl)})
+    FolderX = type("ImageFolder", (D.ImageFolder,), {"Config": _sub(D.ImageFolder.Config, decl, name="extra_f")})
+    ProcX = type("ProceduralImages", (D.ProceduralImages,), {"Config": _sub(D.ProceduralImages.Config, decl, name="extra_p")})
 
     @dataclasses.dataclass
     class WebData:
@@ -111,6 +111,10 @@ def test_new_field_of_an_inactive_dataset_kind_keeps_every_hash(decl, monkeypatc
     monkeypatch.setitem(D.DATASETS, "web", type("Web", (), {"Config": WebData}))
     for study in ("default", "imagenet256-paper"):
         assert _hashes(load_study(ROOT / "runs" / study), study) == _pinned(study)
+    # kinds share one flat namespace: a key declared by two kinds is an error at load
+    monkeypatch.setitem(D.DATASETS, "web2", type("Web2", (), {"Config": WebData}))
+    with pytest.raises(C.ConfigError, match="data.urls: declared by data kind 'web2' and by 'web'"):
+        load_study(ROOT / "runs" / "default")
 
 
 @pytest.mark.parametrize("decl", sorted(DECLARATIONS))
