@@ -34,7 +34,7 @@ def make_study(root: Path, depth: int, steps: int, train_n: int, val_n: int, pre
                zero: int, budget_unit_tokens: bool = True) -> Path:
     import torch
 
-    from varscale.cell import plan_cells, write_cell
+    from varscale.grid.cells import plan_cells, write_cell
     from varscale.config import from_dict
     from varscale.data.tokens import write_token_cache
     from varscale.models import build_vqvae
@@ -107,7 +107,7 @@ def report(res: dict) -> dict:
 
 def project(unit: dict, depth_costs: dict) -> None:
     """Overhead share of each default-grid cell from measured unit costs (per depth)."""
-    from varscale.cell import plan_cells
+    from varscale.grid.cells import plan_cells
     from varscale.config import from_dict
 
     cells = plan_cells(from_dict({}), "/tmp/x")

@@ -1,11 +1,16 @@
 """Cell planning: budgets -> steps, evaluation steps, stable run ids, config files."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from varscale.cell import CellConfig, PlanError, budget_tag, eval_steps, plan_cells, write_cell
-from varscale.config import from_dict
+from varscale.cell import CellConfig
+from varscale.config import ArchConfig, ConfigError, DataConfig, TrainingConfig, from_dict, load_study
+from varscale.grid.cells import PlanError, budget_tag, eval_steps, plan_cells, write_cell
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_CELLS = sorted((ROOT / "tests" / "data" / "old_cells").glob("*.json"))
 
 
 def _cfg(**sections):
@@ -82,7 +87,7 @@ def test_eval_steps_log_spaced():
 def test_json_round_trip_and_write_cell(tmp_path):
     cells = plan_cells(_cfg(), tmp_path)
     c = cells[0]
-    again = CellConfig.from_dict(json.loads(c.to_json()))
+    again = CellConfig.from_dict(json.loads(json.dumps(c.to_dict())))
     assert again == c
     p = write_cell(tmp_path, c)
     assert p == tmp_path / "cells" / c.run_id / "config.json"
@@ -113,3 +118,69 @@ def test_wsd_design_branches_off_one_stable_run_per_depth():
         assert b.branch_step + b.decay_steps == b.total_steps
         assert b.branch_step in s.keep_steps and b.branch_step in s.checkpoint_steps
         assert s.total_steps == max(x.branch_step for x in branches if x.branch_from == s.run_id)
+
+
+def test_cell_config_round_trips_into_typed_sections(tmp_path):
+    c = plan_cells(_cfg(training={"log_every": 7}), tmp_path)[0]
+    write_cell(tmp_path, c)
+    again = CellConfig.load(tmp_path / "cells" / c.run_id)
+    assert again == c and again.hash() == c.hash()
+    assert isinstance(again.model, ArchConfig) and isinstance(again.training, TrainingConfig)
+    assert isinstance(again.data, DataConfig) and again.data.options.train_images == 60000
+    assert again.training.log_every == 7 and again.training.betas == (0.9, 0.95)
+    assert "depths" not in again.to_dict()["model"]
+
+
+@pytest.mark.parametrize("key, path", [
+    (("training", "log_evry"), "training.log_evry: unknown key 'log_evry' (did you mean 'log_every'?)"),
+    (("execution", "slurm", "nodez"), "execution.slurm.nodez: unknown key"),
+    (("data", "train_imgs"), "data.train_imgs: unknown key"),
+    (("total_step",), "total_step: unknown key 'total_step' (did you mean 'total_steps'?)"),
+])
+def test_unknown_key_in_cell_config_names_its_path(tmp_path, key, path):
+    c = plan_cells(_cfg(), tmp_path)[0]
+    d = c.to_dict()
+    node = d
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = 1
+    cell_dir = tmp_path / "cells" / c.run_id
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ConfigError) as e:
+        CellConfig.load(cell_dir)
+    assert any(x.startswith(path) for x in e.value.errors), e.value.errors
+    assert "invalid cell config" in str(e.value) and "config.json" in str(e.value)
+    with pytest.raises(PlanError, match="cannot read"):  # write_cell will not overwrite it either
+        write_cell(tmp_path, c)
+
+
+def test_wrong_type_in_cell_config_names_its_path():
+    d = plan_cells(_cfg(), "/x")[0].to_dict()
+    d["training"]["batch_size"] = "big"
+    with pytest.raises(ConfigError, match="training.batch_size: expected int"):
+        CellConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("old", OLD_CELLS, ids=[p.stem for p in OLD_CELLS])
+def test_old_cell_config_files_load_and_match_a_replan(old, tmp_path):
+    """config.json files written before the sections were typed (they carry the removed
+    options and the other dataset kind's keys) load, and a re-plan finds them the same."""
+    study, run_id = old.stem.split("--")
+    raw = json.loads(old.read_text())
+    cell = CellConfig.from_dict(raw)
+    assert cell.run_id == run_id and cell.hash() == run_id.rsplit("-", 1)[1]
+    planned = {c.run_id: c for c in plan_cells(load_study(ROOT / "runs" / study), raw["study_dir"])}
+    assert planned[run_id] == cell
+    cell_dir = tmp_path / "cells" / run_id
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "config.json").write_text(old.read_text())
+    write_cell(tmp_path, planned[run_id])  # the same cell: no PlanError
+    assert CellConfig.load(cell_dir) == cell
+
+
+def test_old_cell_config_with_a_removed_option_set_is_an_error():
+    raw = json.loads(OLD_CELLS[0].read_text())
+    raw["training"]["compile"] = True
+    with pytest.raises(ConfigError, match="training.compile: option removed"):
+        CellConfig.from_dict(raw)

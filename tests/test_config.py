@@ -53,7 +53,14 @@ def test_wrong_type_names_path_and_expected_type():
         ({"training": {"batch_size": 63}, "execution": {"nproc_per_node": 2}}, "not divisible by the world size 2"),
         ({"model": {"preset": "cpu33"}}, "did you mean 'cpu32'"),
         ({"data": {"resolution": 64}}, "does not match preset"),
-        ({"data": {"factor_levels": 1}}, "data.factor_levels: must be 0 (continuous) or >= 2"),
+        ({"data": {"factor_levels": 4}}, "data.factor_levels: option removed"),
+        ({"training": {"compile": True}}, "training.compile: option removed"),
+        ({"training": {"stream_fresh": True}}, "training.stream_fresh: option removed"),
+        ({"data": {"root": "/x"}}, "data.root: used by data kind 'folder', not by 'procedural'"),
+        ({"data": {"kind": "folder", "root": "/x", "train_images": 5}}, "data.train_images: used by data kind 'procedural'"),
+        ({"data": {"kind": "folder"}}, "data.root: required when data.kind is 'folder'"),
+        ({"data": {"kind": "folders"}}, "did you mean 'folder'"),
+        ({"data": {"train_imgs": 5}}, "data.train_imgs: unknown key 'train_imgs' (did you mean 'train_images'?)"),
     ],
 )
 def test_impossible_values(raw, needle):
@@ -108,25 +115,13 @@ def test_committed_studies_validate(study):
     load_study(ROOT / "runs" / study)
 
 
-def test_options_at_hash_neutral_defaults_keep_every_hash():
-    """Adding an option must not invalidate studies run before it existed (caches, cell ids)."""
-    from varscale.config import HASH_NEUTRAL_DEFAULTS, StudyConfig
-
-    base = StudyConfig()
-    d = base.to_dict()
-    for section, opts in HASH_NEUTRAL_DEFAULTS.items():
-        if section == "preset":  # a models.presets.Preset field, hashed by the tokenizer only
-            from varscale.models.presets import Preset
-            assert all(Preset.__dataclass_fields__[k].default == v for k, v in opts.items())
-            continue
-        for k, v in opts.items():
-            assert d[section][k] == v  # neutral value = the dataclass default
-    stripped = {s: {k: v for k, v in sec.items() if k not in HASH_NEUTRAL_DEFAULTS.get(s, {})}
-                if isinstance(sec, dict) else sec for s, sec in d.items()}
-    import hashlib, json
-    old = hashlib.sha256(json.dumps(stripped, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    assert base.hash() == old
-    assert from_dict({"data": {"factor_levels": 4}}).hash("data") != base.hash("data")
+def test_removed_options_at_their_old_value_load_and_keep_the_hash():
+    base = from_dict({})
+    old = from_dict({"training": {"compile": False, "stream_fresh": False},
+                     "tokenizer": {"perceptual_weight": 0.0, "adversarial_weight": 0.0},
+                     "data": {"factor_levels": 0, "root": None, "resize_ratio": 1.125}})
+    assert old == base and old.hash() == base.hash()
+    assert "compile" not in old.to_dict()["training"]  # gone from the file format
 
 
 def test_validate_piped_into_head_exits_quietly():

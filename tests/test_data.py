@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from varscale.config import DataConfig
-from varscale.data import ImageFolder, ProceduralImages, make_dataset
+from varscale.config import DataConfig, from_dict
+from varscale.data import DATASETS, ImageFolder, ProceduralImages, make_dataset
+from varscale.data.folder import FolderData
+from varscale.data.procedural import ProceduralData
 
 
 def test_same_seed_gives_byte_identical_images():
@@ -43,7 +45,7 @@ def test_shapes_range_and_classes(res):
 
 
 def test_make_dataset_procedural():
-    cfg = DataConfig(train_images=30, val_images=7, resolution=32)
+    cfg = DataConfig(resolution=32, options=ProceduralData(train_images=30, val_images=7))
     tr, va = make_dataset(cfg, "train"), make_dataset(cfg, "val")
     assert len(tr) == 30 and len(va) == 7
     with pytest.raises(ValueError):
@@ -86,23 +88,60 @@ def test_image_folder(tmp_path):
 
 def test_make_dataset_folder(tmp_path):
     _write_folder(tmp_path)
-    cfg = DataConfig(kind="folder", root=str(tmp_path), resolution=16, num_classes=3)
+    cfg = DataConfig(kind="folder", resolution=16, num_classes=3, options=FolderData(root=str(tmp_path)))
     ds = make_dataset(cfg, "val")
     assert len(ds) == 6 and ds[0][0].shape == (3, 16, 16)
     with pytest.raises(FileNotFoundError):
         ImageFolder(tmp_path / "nowhere", "train")
 
 
-def test_factor_levels_snap_every_factor_but_keep_classes():
-    idx = np.arange(300)
-    cont, lab_c = ProceduralImages(300, 32, 10, seed=0).batch(idx)
-    disc, lab_d = ProceduralImages(300, 32, 10, seed=0, factor_levels=4).batch(idx)
-    assert np.array_equal(lab_c, lab_d)  # the class column is never snapped
-    assert not np.array_equal(cont, disc)
-    again, _ = ProceduralImages(300, 32, 10, seed=0, factor_levels=4).batch(idx)
-    assert disc.tobytes() == again.tobytes()
-    from varscale.data.procedural import N_FACTORS, snap_factors, uniforms
-    u = snap_factors(uniforms(0, "train", idx), 4)
-    assert set(np.unique(u[:, :N_FACTORS - 1])) == {0.125, 0.375, 0.625, 0.875}
-    with pytest.raises(ValueError, match="factor_levels"):
-        ProceduralImages(10, 32, 10, factor_levels=1)
+def test_flat_data_section_loads_into_the_kinds_config(tmp_path):
+    cfg = from_dict({"model": {"preset": "tiny"},
+                     "data": {"kind": "folder", "root": str(tmp_path), "resize_ratio": 1.25, "resolution": 16,
+                              "train_images": 60000}})  # procedural's key at its default: ignored
+    assert cfg.data.options == FolderData(root=str(tmp_path), resize_ratio=1.25)
+    assert cfg.to_dict()["data"] == {"kind": "folder", "resolution": 16, "num_classes": 10, "seed": 0,
+                                     "root": str(tmp_path), "resize_ratio": 1.25}
+    with pytest.raises(TypeError, match="FolderData"):
+        DataConfig(kind="folder", options=ProceduralData())
+
+
+def test_a_dataset_kind_is_one_class_and_one_registry_line(monkeypatch):
+    from dataclasses import dataclass
+
+    from varscale.config import opt
+
+    @dataclass
+    class StripesData:
+        period: int = opt(4)
+
+        def check(self, path):
+            return [] if self.period > 0 else [f"{path}.period: must be > 0"]
+
+    class Stripes:
+        Config = StripesData
+        fast_batch = True
+
+        @classmethod
+        def from_config(cls, data, split):
+            return cls(data.options.period, data.resolution)
+
+        def __init__(self, period, res):
+            self.period, self.res = period, res
+
+        def __len__(self):
+            return 3
+
+        def batch(self, idx):
+            x = (np.arange(self.res) // self.period % 2).astype(np.float32) * 2 - 1
+            return np.broadcast_to(x, (len(idx), 3, self.res, self.res)).copy(), np.zeros(len(idx), np.int64)
+
+    monkeypatch.setitem(DATASETS, "stripes", Stripes)
+    base = from_dict({})
+    cfg = from_dict({"data": {"kind": "stripes", "period": 2}})
+    assert make_dataset(cfg.data, "val").period == 2 and cfg.hash("data") != base.hash("data")
+    assert from_dict({"data": {"period": 4}}) == base  # another kind's key at its default
+    with pytest.raises(ValueError, match="data.period: used by data kind 'stripes'"):
+        from_dict({"data": {"period": 2}})
+    with pytest.raises(ValueError, match="data.period: must be > 0"):
+        from_dict({"data": {"kind": "stripes", "period": 0}})

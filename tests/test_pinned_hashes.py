@@ -23,7 +23,7 @@ def test_every_committed_study_is_pinned():
 @pytest.mark.parametrize("study", sorted(PINS))
 def test_hashes_and_cell_ids_unchanged(study):
     from varscale.config import load_study
-    from varscale.cell import plan_cells
+    from varscale.grid.cells import plan_cells
     from varscale.train.tokenizer import config_hash
 
     cfg = load_study(ROOT / "runs" / study)

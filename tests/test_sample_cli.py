@@ -25,7 +25,7 @@ def _save(path: Path, obj) -> None:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """ci-tiny with a tokenizer and one cell holding checkpoints at 20%, 60% and 100% of its steps."""
-    from varscale.cell import plan_cells, write_cell
+    from varscale.grid.cells import plan_cells, write_cell
     from varscale.config import load_study
     from varscale.models import build
 

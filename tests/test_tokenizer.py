@@ -69,10 +69,12 @@ def test_named_checkpoint_plain_state_dict(trained, tmp_path):
 
 
 def test_pretrained_loss_switches_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match="perceptual"):
-        train_tokenizer(tmp_path, _cfg(perceptual_weight=0.5))
-    with pytest.raises(ValueError, match="adversarial"):
-        train_tokenizer(tmp_path, _cfg(adversarial_weight=0.1))
+    # removed options: only their old value 0 loads
+    with pytest.raises(ValueError, match="tokenizer.perceptual_weight: option removed"):
+        _cfg(perceptual_weight=0.5)
+    with pytest.raises(ValueError, match="tokenizer.adversarial_weight: option removed"):
+        _cfg(adversarial_weight=0.1)
+    assert _cfg(perceptual_weight=0.0, adversarial_weight=0.0) == _cfg()
 
 
 def test_missing_tokenizer_message(tmp_path):

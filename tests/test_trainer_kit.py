@@ -21,7 +21,7 @@ PY = sys.executable
 def make_study(root: Path, **sections) -> tuple[object, list]:
     import torch
 
-    from varscale.cell import plan_cells, write_cell
+    from varscale.grid.cells import plan_cells, write_cell
     from varscale.config import from_dict
     from varscale.data.tokens import write_token_cache
     from varscale.models import build_vqvae

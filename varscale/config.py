@@ -1,11 +1,39 @@
-"""Typed study configuration and its strict loader.
+"""Typed study configuration, its strict loader, and which fields enter which hash.
 
-A study file (``runs/<study>/study.yaml``) maps onto :class:`StudyConfig`. Loading is strict
-on purpose: a misspelt key silently falling back to a default would change a scaling-law
-study without anyone noticing, so every unknown key, wrong type and impossible value is an
-error that names its path (``training.batch_size``) before anything runs.
+A study file (``runs/<study>/study.yaml``) maps onto :class:`StudyConfig`, and a cell's
+``cells/<run_id>/config.json`` onto :class:`varscale.cell.CellConfig`, through the same
+converter. Loading is strict on purpose: a misspelt key silently falling back to a default
+would change a scaling-law study without anyone noticing, so every unknown key, wrong type
+and impossible value is an error that names its path (``training.batch_size``) before
+anything runs.
 
-Only the preset table is consulted here (``varscale.models.presets``, plain Python).
+Hash participation is declared on each field (``opt(default, hash=...)``):
+
+* ``"always"``: the field enters the hash with its value (every field that existed when the
+  committed studies were run; their hashes and cell ids are pinned in
+  ``tests/test_pinned_hashes.py``);
+* ``"when_set"``: the field enters only while it differs from its default. This is the rule
+  for a field declared without ``hash=`` (plain ``name: int = 3`` too), so **a field added
+  later, at its default, leaves every existing hash unchanged by construction**: the study
+  hash, the data hash (half of the token cache's key), the tokenizer's config hash and every
+  cell's run id. Set to another value it changes them, as it should;
+* ``"never"``: how a thing is run, not what it computes (paths, thread counts, the study's
+  name in a cell).
+
+``hash`` may also map each scope to a rule: ``"id"`` (``StudyConfig.hash``, the data hash
+and cell run ids, which hash the same sections) and ``"tokenizer"`` (``tokenizer_config_hash``:
+the data, tokenizer and preset sections). A field without a default always enters.
+
+Removed options are declared in a section's ``RETIRED`` table (:class:`Retired`): a study
+file or an old cell ``config.json`` that still carries one at its old value loads (the key
+is ignored), any other value is an error saying the option was removed, and the old value
+keeps entering the hashes it entered while it existed, so removing an option changes no hash.
+
+The data section's keys beyond ``kind``/``resolution``/``num_classes``/``seed`` belong to
+the dataset kind (``varscale.data.DATASETS``); they stay flat under ``data:`` in the file.
+
+Only the preset table (``varscale.models.presets``) and the dataset kinds' config classes
+(``varscale.data``, numpy) are consulted here; no torch.
 """
 from __future__ import annotations
 
@@ -16,172 +44,365 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
 
 class ConfigError(ValueError):
-    """One or more problems in a study file; ``errors`` lists them one per line."""
+    """One or more problems in a study file or cell config; ``errors`` lists them one per line."""
 
-    def __init__(self, errors: list[str], source: str | None = None):
+    def __init__(self, errors: list[str], source: str | None = None, what: str = "study file"):
         self.errors = list(errors)
-        head = f"invalid study file {source}" if source else "invalid study config"
+        head = f"invalid {what} {source}" if source else "invalid study config"
         super().__init__(head + ":\n" + "\n".join(f"  - {e}" for e in self.errors))
+
+
+# --------------------------------------------------------------------------- hash declarations
+
+HashRule = Literal["always", "when_set", "never"]
+SCOPES = ("id", "tokenizer")
+_RULES = typing.get_args(HashRule)
+
+
+def _rules(hash: Union[str, dict[str, str]]) -> dict[str, str]:
+    rules = {s: hash for s in SCOPES} if isinstance(hash, str) else dict(hash)
+    if set(rules) != set(SCOPES) or any(r not in _RULES for r in rules.values()):
+        raise ValueError(f"hash must be one of {_RULES} or a mapping of every scope {SCOPES} to one, got {hash!r}")
+    return rules
+
+
+def opt(default: Any = MISSING, *, factory: Any = MISSING, hash: Union[str, dict[str, str]] = "when_set",
+        key: Optional[str] = None) -> Any:
+    """A config field whose hash participation is declared (see the module docstring).
+
+    ``factory`` is a default factory (lists, nested sections); ``key`` the name in the file
+    when it differs from the field's (``from`` is a Python keyword).
+    """
+    md: dict[str, Any] = {"hash": _rules(hash)}
+    if key:
+        md["key"] = key
+    return field(default=default, default_factory=factory, metadata=md)
+
+
+@dataclass(frozen=True)
+class Retired:
+    """A removed option: ``value`` is the only one still accepted (and ignored); ``reason``
+    says why it went; ``hash`` is how it entered hashes while it existed (``"always"``: the
+    old value keeps entering them, so no hash changes)."""
+
+    value: Any
+    reason: str
+    hash: Union[str, dict[str, str]] = "always"
+
+
+def field_rule(f: dataclasses.Field, scope: str) -> str:
+    md = f.metadata.get("hash")
+    if md is not None:
+        return md[scope]
+    if f.default is MISSING and f.default_factory is MISSING:
+        return "always"  # nothing to compare with
+    return "when_set"
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def _key(f: dataclasses.Field) -> str:
+    return f.metadata.get("key", f.name)
+
+
+def hash_view(obj: Any, scope: str = "id") -> Any:
+    """``obj`` as the plain data its hash is taken over in ``scope`` ("id" or "tokenizer").
+
+    Fields enter by their declared rule; a section's retired options enter with their old
+    value where they always did; a section may shape its own view (``DataConfig``: flat, every
+    dataset kind's keys).
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        own = getattr(obj, "_hash_view", None)
+        if own is not None:
+            return own(scope)
+        out = {}
+        for f in dataclasses.fields(obj):
+            rule = field_rule(f, scope)
+            v = getattr(obj, f.name)
+            if rule == "never" or (rule == "when_set" and v == field_default(f)):
+                continue
+            out[_key(f)] = hash_view(v, scope)
+        for k, r in getattr(type(obj), "RETIRED", {}).items():
+            if _rules(r.hash)[scope] == "always":
+                out[k] = r.value
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [hash_view(v, scope) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): hash_view(v, scope) for k, v in obj.items()}
+    return obj
+
+
+def digest(view: Any, n: int = 8) -> str:
+    """The first ``n`` hex digits of the SHA-256 of ``view`` as sorted-key JSON."""
+    return hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 # --------------------------------------------------------------------------- sections
 
 
+def _kinds() -> dict[str, type]:
+    """Dataset kind -> its config dataclass (the registry lives in varscale.data)."""
+    from varscale.data import DATASETS
+
+    return {name: ds.Config for name, ds in DATASETS.items()}
+
+
 @dataclass
 class DataConfig:
-    kind: Literal["procedural", "folder"] = "procedural"
-    resolution: int = 32
-    num_classes: int = 10
-    # procedural: how many images each split has (generated deterministically from seed)
-    train_images: int = 60000
-    val_images: int = 5000
-    seed: int = 0
-    # procedural: 0 = every random factor continuous; n >= 2 = each snapped to n levels
-    # (a lower irreducible token entropy; docs/data.md)
-    factor_levels: int = 0
-    # folder: ImageNet layout root/{train,val}/<class>/*.jpg
-    root: Optional[str] = None
-    # paper's resize-then-crop: shorter side to resolution * resize_ratio (Lanczos)
-    resize_ratio: float = 1.125
+    """The dataset: ``kind`` picks a registered kind (``varscale.data.DATASETS``), whose own
+    keys (e.g. procedural ``train_images``, folder ``root``) sit flat beside these in the
+    file and are held, typed, in ``options`` (that kind's ``Config``)."""
+
+    kind: str = opt("procedural", hash="always")
+    resolution: int = opt(32, hash="always")
+    num_classes: int = opt(10, hash="always")
+    seed: int = opt(0, hash="always")
+    options: Any = field(default=None, metadata={"hash": _rules("never")})  # filled from kind
+
+    def __post_init__(self):
+        kinds = _kinds()
+        if self.kind in kinds and self.options is None:
+            self.options = kinds[self.kind]()
+        elif self.kind in kinds and not isinstance(self.options, kinds[self.kind]):
+            raise TypeError(f"data.options: a {kinds[self.kind].__name__} for kind '{self.kind}', "
+                            f"got {type(self.options).__name__}")
+
+    # one flat mapping in files and hashes: common keys + the kind's (+ every other kind's in hashes)
+    def _plain(self) -> dict[str, Any]:
+        out = {_key(f): getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        out.update(to_plain(self.options) if self.options is not None else {})
+        return out
+
+    def _hash_view(self, scope: str) -> dict[str, Any]:
+        # every registered kind's keys enter, the inactive kinds' at their defaults: the
+        # section's hash had that shape when procedural and folder were its only kinds, and a
+        # kind added later declares its keys "when_set", so it adds nothing while inactive
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "options":
+                continue
+            rule, v = field_rule(f, scope), getattr(self, f.name)
+            if rule == "always" or (rule == "when_set" and v != field_default(f)):
+                out[_key(f)] = v
+        for name, cls in _kinds().items():
+            out.update(hash_view(self.options if name == self.kind else cls(), scope))
+        return out
+
+    @classmethod
+    def _from_raw(cls, raw: dict, path: str, errors: list[str]) -> "DataConfig":
+        kinds = _kinds()
+        common = {_key(f): f for f in dataclasses.fields(cls) if f.name != "options"}
+        kind = raw.get("kind", common["kind"].default)
+        if kind not in kinds:
+            hint = _did_you_mean(str(kind), list(kinds))
+            errors.append(f"{path}.kind: {_show(kind)} is not one of {', '.join(map(repr, kinds))}{hint}")
+            return cls()
+        owner: dict[str, str] = {}  # key -> the kind that uses it
+        for name, kc in kinds.items():
+            for k in [_key(f) for f in dataclasses.fields(kc)] + list(getattr(kc, "RETIRED", {})):
+                if k in common or k in owner:  # one flat namespace: a key has one owner
+                    errors.append(f"{path}.{k}: declared by data kind '{name}' and by "
+                                  f"{'the section itself' if k in common else repr(owner[k])}")
+                owner.setdefault(k, name)
+        top, own = {}, {}
+        for k, v in raw.items():
+            k = str(k)
+            if k in common:
+                top[k] = v
+            elif owner.get(k) == kind:
+                own[k] = v
+            elif k in owner:  # another kind's key: harmless at that kind's default
+                other = kinds[owner[k]]
+                ref = other.RETIRED[k].value if k in getattr(other, "RETIRED", {}) else \
+                    field_default(next(f for f in dataclasses.fields(other) if _key(f) == k))
+                if v != ref and not (v is None and ref is None):
+                    errors.append(f"{path}.{k}: used by data kind '{owner[k]}', not by '{kind}' "
+                                  f"(set {path}.kind: {owner[k]} or remove the key)")
+            else:
+                valid = sorted(set(common) | {n for n, o in owner.items() if o == kind
+                                              and n not in getattr(kinds[kind], "RETIRED", {})})
+                errors.append(f"{path}.{k}: unknown key '{k}'{_did_you_mean(k, sorted(set(common) | set(owner)))}; "
+                              f"valid keys in {path} (kind {kind}): {', '.join(valid)}")
+        out = _build_fields(cls, top, path, errors)
+        if out is not None:
+            out.options = _build(kinds[kind], own, path, errors)
+        return out
 
 
 @dataclass
 class TokenizerConfig:
     # an existing checkpoint (e.g. the official vae_ch160v4096z32.pth); skips training
-    checkpoint: Optional[str] = None
-    steps: int = 2500
-    batch_size: int = 16
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.99)
-    l2_weight: float = 1.0
-    l1_weight: float = 0.2
-    beta: float = 0.25  # commitment weight
-    perceptual_weight: float = 0.0  # needs pretrained LPIPS weights: off by default
-    adversarial_weight: float = 0.0
-    revive_dead_codes: bool = True
-    revive_every: int = 25  # longer windows let the encoder shrink onto a few codes (docs/data.md)
+    checkpoint: Optional[str] = opt(None, hash="always")
+    steps: int = opt(2500, hash="always")
+    batch_size: int = opt(16, hash="always")
+    lr: float = opt(1e-3, hash="always")
+    betas: tuple[float, float] = opt((0.9, 0.99), hash="always")
+    l2_weight: float = opt(1.0, hash="always")
+    l1_weight: float = opt(0.2, hash="always")
+    beta: float = opt(0.25, hash="always")  # commitment weight
+    revive_dead_codes: bool = opt(True, hash="always")
+    # longer windows let the encoder shrink onto a few codes (docs/data.md)
+    revive_every: int = opt(25, hash="always")
     # steps trained as a plain autoencoder (quantizer bypassed) before the codebook is
     # initialised from the encoder's residuals and quantization starts
-    ae_warmup_steps: int = 0
-    # a tokenizer no better than the mean image stops the study (false: warn and go on)
-    fail_on_collapse: bool = True
-    seed: int = 0
-    threads: Optional[int] = None
+    ae_warmup_steps: int = opt(0)
+    # a tokenizer no better than the mean image stops the study (false: warn and go on);
+    # what to do with the result, not how it is made: outside the tokenizer's hash
+    fail_on_collapse: bool = opt(True, hash={"id": "when_set", "tokenizer": "never"})
+    seed: int = opt(0, hash="always")
+    # how many threads does not change what is learnt (nearly: float summation order)
+    threads: Optional[int] = opt(None, hash={"id": "always", "tokenizer": "never"})
+
+    RETIRED: ClassVar[dict[str, Retired]] = {
+        "perceptual_weight": Retired(0.0, "the perceptual (LPIPS) loss needs pretrained VGG/LPIPS weights, "
+                                          "which varscale does not ship and cannot download"),
+        "adversarial_weight": Retired(0.0, "the adversarial loss needs a pretrained discriminator backbone "
+                                           "of DINO / StyleGAN features, which varscale does not ship"),
+    }
 
 
 @dataclass
-class ModelConfig:
-    preset: str = "cpu32"
-    depths: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8])
-    head_dim: Optional[int] = None  # None: the preset's (official: 64)
-    class_dropout: float = 0.1
+class ArchConfig:
+    """One VAR's architecture options: a cell's ``model`` section (the study's, less ``depths``)."""
+
+    preset: str = opt("cpu32", hash="always")
+    head_dim: Optional[int] = opt(None, hash="always")  # None: the preset's (official: 64)
+    class_dropout: float = opt(0.1, hash="always")
     # official code also drops labels at evaluation; off by default (see docs)
-    class_dropout_in_eval: bool = False
-    drop_path: bool = True  # max drop-path 0.1 * d / 24, as the official code
-    attn_l2_norm: bool = True
-    shared_aln: bool = False
-    aln_gamma_init: float = 1e-3
+    class_dropout_in_eval: bool = opt(False, hash="always")
+    drop_path: bool = opt(True, hash="always")  # max drop-path 0.1 * d / 24, as the official code
+    attn_l2_norm: bool = opt(True, hash="always")
+    shared_aln: bool = opt(False, hash="always")
+    aln_gamma_init: float = opt(1e-3, hash="always")
     # pos_1LC init: "trunc_normal" (official) or "sincos2d" (a deviation; docs/models.md)
-    pos_init: Literal["trunc_normal", "sincos2d"] = "trunc_normal"
-    fused: bool = True  # fused attention / kernels where available
+    pos_init: Literal["trunc_normal", "sincos2d"] = opt("trunc_normal")
+    fused: bool = opt(True, hash="always")  # fused attention / kernels where available
+
+
+@dataclass
+class ModelConfig(ArchConfig):
+    """The study's model section: the architecture options and the depths of the grid."""
+
+    depths: list[int] = opt(factory=lambda: [1, 2, 3, 4, 6, 8], hash="always")
+
+    def arch(self) -> ArchConfig:
+        return ArchConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ArchConfig)})
 
 
 @dataclass
 class BudgetRange:
-    start: float = 0.0  # yaml key "from"
-    to: float = 0.0
-    per_decade: int = 3
+    start: float = opt(0.0, hash="always", key="from")
+    to: float = opt(0.0, hash="always")
+    per_decade: int = opt(3, hash="always")
 
 
 @dataclass
 class BudgetConfig:
-    unit: Literal["flops", "tokens"] = "flops"
-    values: Union[list[float], BudgetRange] = field(default_factory=lambda: [1e12, 3e12, 1e13])
+    unit: Literal["flops", "tokens"] = opt("flops", hash="always")
+    values: Union[list[float], BudgetRange] = opt(factory=lambda: [1e12, 3e12, 1e13], hash="always")
     # "independent": one run per (depth, budget) with the paper's schedule;
     # "wsd": one warmup-stable run per depth, a short decay branched per budget
-    design: Literal["independent", "wsd"] = "independent"
-    wsd_decay_frac: float = 0.2
+    design: Literal["independent", "wsd"] = opt("independent", hash="always")
+    wsd_decay_frac: float = opt(0.2, hash="always")
     # IsoFLOP studies: budget (as written) -> depths to train at that budget
-    depths_per_budget: Optional[dict[str, list[int]]] = None
+    depths_per_budget: Optional[dict[str, list[int]]] = opt(None, hash="always")
 
 
 @dataclass
 class TrainingConfig:
-    batch_size: int = 64  # global batch (all ranks)
-    base_lr: float = 1e-4  # peak lr = base_lr * batch_size / 256 (paper's tblr)
+    batch_size: int = opt(64, hash="always")  # global batch (all ranks)
+    base_lr: float = opt(1e-4, hash="always")  # peak lr = base_lr * batch_size / 256 (paper's tblr)
     # extra per-width scaling of the peak lr: lr *= (width_ref / width) ** lr_width_power
-    lr_width_ref: Optional[int] = None
-    lr_width_power: float = 0.5
-    warmup_frac: float = 0.02
-    hold_frac: float = 0.05  # of the post-warmup steps ("lin0" schedule)
-    final_lr_ratio: float = 0.01
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 2.0
-    label_smoothing: float = 0.0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    zero_stage: int = 2
-    # stream fresh images through the tokenizer instead of repeating the cached epoch
-    stream_fresh: bool = False
-    checkpoint_every: int = 200  # steps; also at the end
-    log_every: int = 20
-    compile: bool = False
+    lr_width_ref: Optional[int] = opt(None, hash="always")
+    lr_width_power: float = opt(0.5, hash="always")
+    warmup_frac: float = opt(0.02, hash="always")
+    hold_frac: float = opt(0.05, hash="always")  # of the post-warmup steps ("lin0" schedule)
+    final_lr_ratio: float = opt(0.01, hash="always")
+    weight_decay: float = opt(0.05, hash="always")
+    betas: tuple[float, float] = opt((0.9, 0.95), hash="always")
+    grad_clip: float = opt(2.0, hash="always")
+    label_smoothing: float = opt(0.0, hash="always")
+    precision: Literal["fp32", "bf16"] = opt("fp32", hash="always")
+    zero_stage: int = opt(2, hash="always")
+    checkpoint_every: int = opt(200, hash="always")  # steps; also at the end
+    log_every: int = opt(20, hash="always")
+
+    RETIRED: ClassVar[dict[str, Retired]] = {
+        "stream_fresh": Retired(False, "streaming fresh images through the tokenizer was never built; "
+                                       "raise data.train_images instead"),
+        "compile": Retired(False, "torch.compile inside the DeepSpeed trainer was never built; "
+                                  "benchmarks/bench_var_step.py --compile measures what it would give"),
+    }
 
 
 @dataclass
 class EvaluationConfig:
-    num_evals: int = 8  # log-spaced over the run, plus the final step
-    min_step: int = 10  # first evaluation not before this step
-    batch_size: int = 256
-    max_images: Optional[int] = None  # None: the whole held-out split
+    num_evals: int = opt(8, hash="always")  # log-spaced over the run, plus the final step
+    min_step: int = opt(10, hash="always")  # first evaluation not before this step
+    batch_size: int = opt(256, hash="always")
+    max_images: Optional[int] = opt(None, hash="always")  # None: the whole held-out split
 
 
 @dataclass
 class SlurmConfig:
-    partition: Optional[str] = None
-    time_min: int = 60
-    nodes: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 2
-    mem_gb: int = 16
-    cluster: Literal["slurm", "local", "debug"] = "slurm"
-    additional_parameters: dict[str, str] = field(default_factory=dict)
+    partition: Optional[str] = opt(None, hash="always")
+    time_min: int = opt(60, hash="always")
+    nodes: int = opt(1, hash="always")
+    gpus_per_node: int = opt(0, hash="always")
+    cpus_per_task: int = opt(2, hash="always")
+    mem_gb: int = opt(16, hash="always")
+    cluster: Literal["slurm", "local", "debug"] = opt("slurm", hash="always")
+    additional_parameters: dict[str, str] = opt(factory=dict, hash="always")
 
 
 @dataclass
 class ExecutionConfig:
-    executor: Literal["local", "torchrun", "slurm"] = "local"
-    parallel: int = 1  # cells at a time (local)
-    threads: Optional[int] = None  # torch threads per cell; None: cores / parallel
-    nproc_per_node: int = 1  # processes per cell (torchrun / slurm)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    executor: Literal["local", "torchrun", "slurm"] = opt("local", hash="always")
+    parallel: int = opt(1, hash="always")  # cells at a time (local)
+    threads: Optional[int] = opt(None, hash="always")  # torch threads per cell; None: cores / parallel
+    nproc_per_node: int = opt(1, hash="always")  # processes per cell (torchrun / slurm)
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", hash="always")
+    slurm: SlurmConfig = opt(factory=SlurmConfig, hash="always")
+
+    @property
+    def world_size(self) -> int:
+        """Processes per cell: nproc_per_node x nodes (nodes only count under Slurm)."""
+        nodes = self.slurm.nodes if self.executor == "slurm" else 1
+        return max(self.nproc_per_node, 1) * max(nodes, 1)
 
 
 @dataclass
 class StudyConfig:
-    name: str = "study"
-    description: str = ""
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    budgets: BudgetConfig = field(default_factory=BudgetConfig)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    name: str = opt("study", hash="always")
+    description: str = opt("", hash="always")
+    data: DataConfig = opt(factory=DataConfig, hash="always")
+    tokenizer: TokenizerConfig = opt(factory=TokenizerConfig, hash="always")
+    model: ModelConfig = opt(factory=ModelConfig, hash="always")
+    budgets: BudgetConfig = opt(factory=BudgetConfig, hash="always")
+    seeds: list[int] = opt(factory=lambda: [0], hash="always")
+    training: TrainingConfig = opt(factory=TrainingConfig, hash="always")
+    evaluation: EvaluationConfig = opt(factory=EvaluationConfig, hash="always")
+    execution: ExecutionConfig = opt(factory=ExecutionConfig, hash="always")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     def budget_values(self) -> list[float]:
         """The budgets as a sorted list, with a range expanded log-spaced."""
@@ -192,30 +413,23 @@ class StudyConfig:
 
     def hash(self, *sections: str) -> str:
         """Short stable hash of the named sections (all if none), for ids and cache keys."""
-        d = {s: hash_view(s, v) for s, v in self.to_dict().items()}
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = [s for s in sections if s not in names]
+        if unknown:
+            raise KeyError(f"no config section {unknown[0]!r}; sections: {', '.join(names)}")
+        view = hash_view(self)
         if sections:
-            d = {s: d[s] for s in sections}
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:8]
+            view = {s: view[s] for s in sections if s in view}
+        return digest(view, 8)
 
 
-# Options added after studies were already run: while at these values they stay out of every
-# hash (study, tokenizer, token cache, cell ids), so upgrading varscale keeps a study's
-# trained tokenizer, token cache and finished cells valid instead of silently retraining.
-HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {"factor_levels": 0},
-    "model": {"pos_init": "trunc_normal"},
-    "tokenizer": {"fail_on_collapse": True, "ae_warmup_steps": 0},
-    "preset": {"vae_arch": "ldm"},  # models.presets.Preset, in the tokenizer's hash
-}
+def tokenizer_config_hash(cfg: StudyConfig) -> str:
+    """Hash (12 hex) of what a trained tokenizer depends on: the data, the tokenizer recipe,
+    the VQVAE's shape (the preset); a trained ``vqvae.pt`` is reused only while it matches."""
+    from varscale.models.presets import get_preset
 
-
-def hash_view(section: str, d: Any) -> Any:
-    """``d`` (a section as a plain dict) without the options that sit at a hash-neutral default."""
-    neutral = HASH_NEUTRAL_DEFAULTS.get(section)
-    if not neutral or not isinstance(d, dict):
-        return d
-    return {k: v for k, v in d.items() if not (k in neutral and v == neutral[k])}
+    return digest({"data": hash_view(cfg.data, "tokenizer"), "tokenizer": hash_view(cfg.tokenizer, "tokenizer"),
+                   "preset": hash_view(get_preset(cfg.model.preset), "tokenizer")}, 12)
 
 
 def expand_range(r: BudgetRange) -> list[float]:
@@ -225,8 +439,6 @@ def expand_range(r: BudgetRange) -> list[float]:
 
 
 # ------------------------------------------------------------------ strict conversion
-
-_RENAMES = {BudgetRange: {"from": "start"}}  # yaml key -> field name
 
 
 def _type_name(tp: Any) -> str:
@@ -343,41 +555,65 @@ def _did_you_mean(key: str, valid: list[str]) -> str:
 
 
 def _build(cls: type, raw: dict, path: str, errors: list[str]) -> Any:
+    own = getattr(cls, "_from_raw", None)
+    if own is not None:
+        return own(raw, path, errors)
+    return _build_fields(cls, raw, path, errors)
+
+
+def _build_fields(cls: type, raw: dict, path: str, errors: list[str]) -> Any:
+    """``cls`` from the mapping ``raw``: every key converted to its field's type, unknown keys
+    and removed options' other values reported under ``path``."""
     hints = typing.get_type_hints(cls)
-    renames = _RENAMES.get(cls, {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    yaml_names = sorted({renames.get(n, n) for n in names} | set(renames)) if renames else sorted(names)
-    yaml_names = [n for n in yaml_names if n not in renames.values()] if renames else yaml_names
+    by_key = {_key(f): f for f in dataclasses.fields(cls) if f.init}
+    retired = getattr(cls, "RETIRED", {})
     kwargs = {}
     for k, v in raw.items():
-        key = renames.get(str(k), str(k))
-        where = f"{path}.{k}" if path else str(k)
-        if key not in names:
-            errors.append(
-                f"{where}: unknown key '{k}'{_did_you_mean(str(k), yaml_names)}; "
-                f"valid keys{' in ' + path if path else ''}: {', '.join(yaml_names)}"
-            )
+        k = str(k)
+        where = f"{path}.{k}" if path else k
+        if k in retired:
+            r = retired[k]
+            if v != r.value:
+                errors.append(f"{where}: option removed: {r.reason}; only its old value "
+                              f"{json.dumps(r.value)} still loads (remove the key)")
             continue
-        kwargs[key] = _convert(v, hints[key], where, errors)
+        if k not in by_key:
+            valid = sorted(by_key)
+            errors.append(f"{where}: unknown key '{k}'{_did_you_mean(k, valid)}; "
+                          f"valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
+            continue
+        f = by_key[k]
+        kwargs[f.name] = _convert(v, hints[f.name], where, errors)
     try:
         return cls(**kwargs)
-    except TypeError as e:  # only if a conversion error left a bad value behind
+    except TypeError as e:  # a required field missing, or a bad value left by a conversion error
         errors.append(f"{path or '<root>'}: {e}")
-        return cls()
+        return None
 
 
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        out = {}
-        for f in dataclasses.fields(obj):
-            name = {"start": "from"}.get(f.name, f.name) if isinstance(obj, BudgetRange) else f.name
-            out[name] = _to_plain(getattr(obj, f.name))
-        return out
+def to_plain(obj: Any) -> Any:
+    """Dataclasses -> the plain mappings of the file format (tuples as lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        own = getattr(obj, "_plain", None)
+        if own is not None:
+            return {k: to_plain(v) for k, v in own().items()}
+        return {_key(f): to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
+        return {k: to_plain(v) for k, v in obj.items()}
     return obj
+
+
+def from_plain(cls: type, raw: Any, source: str | None = None, what: str = "study file") -> Any:
+    """``cls`` (a config dataclass) from plain data, strictly: ConfigError lists every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError([f"<root>: expected a mapping, got {_show(raw)}"], source, what)
+    errors: list[str] = []
+    out = _build(cls, raw, "", errors)
+    if errors:
+        raise ConfigError(errors, source, what)
+    return out
 
 
 # ------------------------------------------------------------------ value checks
@@ -441,7 +677,7 @@ def _check_values(c: StudyConfig) -> list[str]:
     if not c.seeds:
         e.append("seeds: needs at least one seed")
     t = c.training
-    ws = max(c.execution.nproc_per_node, 1) * max(c.execution.slurm.nodes if c.execution.executor == "slurm" else 1, 1)
+    ws = c.execution.world_size
     if t.batch_size < 1:
         e.append(f"training.batch_size: must be >= 1, got {t.batch_size}")
     elif t.batch_size % ws:
@@ -459,27 +695,14 @@ def _check_values(c: StudyConfig) -> list[str]:
         e.append(f"training.zero_stage: must be 0, 1, 2 or 3, got {t.zero_stage}")
     if t.grad_clip < 0:
         e.append(f"training.grad_clip: must be >= 0, got {t.grad_clip}")
-    # accepted keys whose feature is not built yet: refuse rather than silently ignore
-    if t.stream_fresh:
-        e.append("training.stream_fresh: streaming fresh images is not implemented yet; "
-                 "raise data.train_images instead")
-    if t.compile:
-        e.append("training.compile: torch.compile inside the DeepSpeed trainer is not implemented yet "
-                 "(benchmarks/bench_var_step.py --compile measures what it would give)")
     if t.checkpoint_every < 1:
         e.append(f"training.checkpoint_every: must be >= 1, got {t.checkpoint_every}")
     if c.evaluation.num_evals < 1:
         e.append(f"evaluation.num_evals: must be >= 1, got {c.evaluation.num_evals}")
-    if c.data.kind == "folder" and not c.data.root:
-        e.append("data.root: required when data.kind is 'folder'")
-    if c.data.kind == "procedural":
-        if c.data.train_images < 1 or c.data.val_images < 1:
-            e.append("data.train_images / data.val_images: must be >= 1")
+    e.extend(c.data.options.check("data"))  # the dataset kind's own keys
     if not 0 <= c.tokenizer.ae_warmup_steps < max(c.tokenizer.steps, 1):
         e.append(f"tokenizer.ae_warmup_steps: must be >= 0 and below tokenizer.steps "
                  f"({c.tokenizer.steps}), got {c.tokenizer.ae_warmup_steps}")
-    if c.data.factor_levels < 0 or c.data.factor_levels == 1:
-        e.append(f"data.factor_levels: must be 0 (continuous) or >= 2, got {c.data.factor_levels}")
     if c.data.num_classes < 1:
         e.append(f"data.num_classes: must be >= 1, got {c.data.num_classes}")
     if c.execution.parallel < 1:
@@ -493,14 +716,7 @@ def _check_values(c: StudyConfig) -> list[str]:
 
 
 def from_dict(raw: Any, source: str | None = None) -> StudyConfig:
-    errors: list[str] = []
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError([f"<root>: expected a mapping, got {_show(raw)}"], source)
-    cfg = _build(StudyConfig, raw, "", errors)
-    if errors:  # value checks on a half-converted config would only add noise
-        raise ConfigError(errors, source)
+    cfg = from_plain(StudyConfig, {} if raw is None else raw, source)
     errors = _check_values(cfg)
     if errors:
         raise ConfigError(errors, source)

@@ -263,8 +263,9 @@ def load_classifier(path: str | Path) -> tuple[Classifier, dict]:
 
 def data_key(data_cfg) -> str:
     """A short hash of the dataset section: a cached classifier for other data is stale."""
-    d = asdict(data_cfg) if hasattr(data_cfg, "__dataclass_fields__") else dict(data_cfg)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    from varscale.config import digest, hash_view
+
+    return digest(hash_view(data_cfg), 8)
 
 
 def get_classifier(study_dir: str | Path, study_cfg=None, cfg: ClassifierConfig = ClassifierConfig(),

@@ -1,4 +1,11 @@
-"""Datasets (procedural default, ImageNet-layout folders) and the token cache.
+"""Datasets by kind (procedural default, ImageNet-layout folders) and the token cache.
+
+A dataset kind is a class registered in ``DATASETS`` under the name a study file gives as
+``data.kind``. It follows the :class:`Dataset` protocol: ``Config``, a dataclass of the keys
+the kind owns under ``data:`` (flat beside ``kind``, ``resolution``, ``num_classes`` and
+``seed``; declared with ``varscale.config.opt`` like every config field), and
+``from_config(data_cfg, split)``. Adding a kind is one new file and one line here
+(docs/extending.md, "Adding a dataset kind").
 
 ``make_dataset(data_cfg, split)`` returns an object with ``__len__``,
 ``__getitem__(i) -> (img_3HW float32 in [-1, 1], label int)`` and a vectorised
@@ -6,23 +13,41 @@
 """
 from __future__ import annotations
 
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
 from varscale.data.folder import ImageFolder
 from varscale.data.procedural import ProceduralImages
 
 
-def make_dataset(data_cfg, split: str):
+class Dataset(Protocol):
+    Config: type  # the kind's keys under data: (a dataclass; may define check(path) -> errors)
+    fast_batch: bool  # batch() is cheap (rendered): the token cache calls it directly
+
+    @classmethod
+    def from_config(cls, data_cfg: Any, split: str) -> "Dataset": ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]: ...
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+DATASETS: dict[str, type[Dataset]] = {
+    "procedural": ProceduralImages,
+    "folder": ImageFolder,
+}
+
+
+def make_dataset(data_cfg, split: str) -> Dataset:
     """The study's images of one split ('train' or 'val')."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if data_cfg.kind == "procedural":
-        n = data_cfg.train_images if split == "train" else data_cfg.val_images
-        return ProceduralImages(n, data_cfg.resolution, data_cfg.num_classes, data_cfg.seed, split,
-                                data_cfg.factor_levels)
-    if data_cfg.kind == "folder":
-        if not data_cfg.root:
-            raise ValueError("data.root is required for a folder dataset")
-        return ImageFolder(data_cfg.root, split, data_cfg.resolution, data_cfg.resize_ratio, seed=data_cfg.seed)
-    raise ValueError(f"unknown data.kind {data_cfg.kind!r}")
+    if data_cfg.kind not in DATASETS:
+        raise ValueError(f"unknown data.kind {data_cfg.kind!r}; registered: {', '.join(DATASETS)}")
+    return DATASETS[data_cfg.kind].from_config(data_cfg, split)
 
 
-__all__ = ["make_dataset", "ProceduralImages", "ImageFolder"]
+__all__ = ["DATASETS", "Dataset", "make_dataset", "ProceduralImages", "ImageFolder"]

@@ -5,16 +5,21 @@ The transform is the paper's (official utils/data.py): resize the shorter side t
 ``resolution * resize_ratio`` with Lanczos, then RandomCrop (train) or CenterCrop (val) to
 ``resolution``, map to [-1, 1]; no flip. The random crop is drawn from a hash of
 (seed, index, epoch), so a given epoch's crops are reproducible.
+
+Study-file keys (``data:``, with ``kind: folder``): ``root``, ``resize_ratio``
+(:class:`FolderData`).
 """
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from varscale.config import opt
 from varscale.data.procedural import uniforms
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".JPEG")
@@ -30,10 +35,31 @@ def list_classes(root: str | os.PathLike) -> list[str]:
     return classes
 
 
+@dataclass
+class FolderData:
+    """The folder kind's keys under ``data:``."""
+
+    root: Optional[str] = opt(None, hash="always")  # ImageNet layout root/{train,val}/<class>/*.jpg
+    # paper's resize-then-crop: shorter side to resolution * resize_ratio (Lanczos)
+    resize_ratio: float = opt(1.125, hash="always")
+
+    def check(self, path: str) -> list[str]:
+        return [] if self.root else [f"{path}.root: required when {path}.kind is 'folder'"]
+
+
 class ImageFolder:
     """``(img_3HW float32 in [-1, 1], label)`` for every image of one split."""
 
+    Config = FolderData
     fast_batch = False  # decoding files: the token cache uses a DataLoader with workers
+
+    @classmethod
+    def from_config(cls, data, split: str) -> "ImageFolder":
+        """One split of the study's ``data`` section (a ``varscale.config.DataConfig``)."""
+        o = data.options
+        if not o.root:
+            raise ValueError("data.root is required for a folder dataset")
+        return cls(o.root, split, data.resolution, o.resize_ratio, seed=data.seed)
 
     def __init__(self, root: str | os.PathLike, split: str = "train", resolution: int = 32,
                  resize_ratio: float = 1.125, random_crop: bool | None = None, seed: int = 0):
@@ -63,6 +89,8 @@ class ImageFolder:
         return len(self.samples)
 
     def set_epoch(self, epoch: int) -> None:
+        # kept though the token cache tokenizes one epoch (0): it is how the same image gets
+        # another of the paper's random crops, reproducibly (the crop hash takes the epoch)
         self.epoch = int(epoch)
 
     def _load(self, i: int) -> np.ndarray:

@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str, parallel: int,
          threads: Optional[int], nproc: int, progress: Progress, t0: float) -> int:
-    from varscale.cell import PlanError, plan_cells, write_cell
+    from varscale.grid.cells import PlanError, plan_cells, write_cell
     from varscale.grid.plan import write_plan
 
     say(f"study {cfg.name} ({layout.root}): config {cfg.hash()}")

@@ -1,6 +1,6 @@
 """``varscale plan <study-dir>``: the cells of a study and what they will cost, before anything runs.
 
-Validates the study file, expands it into cells (``varscale.cell.plan_cells``: depths x
+Validates the study file, expands it into cells (``varscale.grid.cells.plan_cells``: depths x
 budgets x seeds, ``budgets.depths_per_budget`` honoured) and prints one line per cell: run
 id, depth, parameters, budget, steps, tokens, evaluations and estimated time. Infeasible
 cells (a budget too small for the first evaluation) are errors here, all listed at once.
@@ -64,18 +64,18 @@ def param_counts(cell: Any) -> dict:
     try:
         import torch
 
-        from varscale.cell import var_config
+        from varscale.models import var_config_for
         from varscale.models.var import VAR
 
         with torch.device("meta"):
-            m = VAR(var_config(cell.preset, cell.depth, cell.model, cell.num_classes))
+            m = VAR(var_config_for(cell.model, cell.depth, cell.num_classes))
         return m.param_counts()
     except Exception:  # noqa: BLE001 - a plan must not fail on a model-building detail
         from varscale.models.presets import get_preset
 
         p = get_preset(cell.preset)
-        return _param_counts_analytic(p, cell.depth, cell.model.get("head_dim") or p.head_dim, cell.num_classes,
-                                      cell.model.get("attn_l2_norm", True), cell.model.get("shared_aln", False))
+        return _param_counts_analytic(p, cell.depth, cell.model.head_dim or p.head_dim, cell.num_classes,
+                                      cell.model.attn_l2_norm, cell.model.shared_aln)
 
 
 # --------------------------------------------------------------------------- costs
@@ -89,7 +89,7 @@ def cell_cost(c: Any) -> float:
 
 def design_costs(cfg: StudyConfig, study_dir: Path, cells: list[Any]) -> dict[str, float]:
     """Total training FLOPs of the study under each design (its own and the other)."""
-    from varscale.cell import plan_cells
+    from varscale.grid.cells import plan_cells
 
     out = {cfg.budgets.design: sum(cell_cost(c) for c in cells)}
     other = "wsd" if cfg.budgets.design == "independent" else "independent"
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_study_for_cli(a.study)
     if cfg is None:
         return 2
-    from varscale.cell import PlanError, plan_cells
+    from varscale.grid.cells import PlanError, plan_cells
     from varscale.config import study_file
 
     layout = StudyLayout.of(study_file(a.study).parent)

@@ -7,8 +7,10 @@
     load_official(vae, var, vae_sd, var_sd)        # official release checkpoints -> ours
 
 ``build_var(preset, depth, **overrides)`` takes any ``VARConfig`` field as an override
-(e.g. ``head_dim``, ``class_dropout``, ``aln_gamma_init``, ``fused``);
-``var_overrides(model_cfg)`` turns a study's ``ModelConfig`` into those overrides.
+(e.g. ``head_dim``, ``class_dropout``, ``aln_gamma_init``, ``fused``).
+``var_overrides(model_cfg)`` is the one mapping from a study's or a cell's model section
+(``varscale.config.ArchConfig`` / ``ModelConfig``) to those overrides;
+``var_config_for(model_cfg, depth, num_classes)`` is the ``VARConfig`` it gives.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Optional, Union
 from .presets import PRESETS, Preset, get_preset
 
 __all__ = ["PRESETS", "Preset", "get_preset", "build", "build_vqvae", "build_var", "var_config",
-           "var_overrides", "load_official"]
+           "var_config_for", "var_overrides", "load_official"]
 
 
 def _preset(preset: Union[str, Preset]) -> Preset:
@@ -58,7 +60,7 @@ def build(preset: Union[str, Preset], depth: int, device=None, num_classes: Opti
 
 
 def var_overrides(model_cfg) -> dict:
-    """VARConfig overrides from a study's ``config.ModelConfig`` (head_dim None: the preset's)."""
+    """VARConfig overrides from a ``config.ArchConfig`` (or ``ModelConfig``; head_dim None: the preset's)."""
     kw = dict(class_dropout=model_cfg.class_dropout, class_dropout_in_eval=model_cfg.class_dropout_in_eval,
               attn_l2_norm=model_cfg.attn_l2_norm, shared_aln=model_cfg.shared_aln,
               aln_gamma_init=model_cfg.aln_gamma_init, pos_init=model_cfg.pos_init,
@@ -68,6 +70,11 @@ def var_overrides(model_cfg) -> dict:
     if not model_cfg.drop_path:
         kw["drop_path_rate"] = 0.0
     return kw
+
+
+def var_config_for(model_cfg, depth: int, num_classes: Optional[int] = None):
+    """The ``VARConfig`` of VAR-``depth`` with a model section's options on its preset."""
+    return var_config(model_cfg.preset, depth, num_classes=num_classes, **var_overrides(model_cfg))
 
 
 def _load_into(module, sd: dict, what: str):

@@ -1,6 +1,9 @@
 """Named model presets: the tokenizer and transformer shapes of a study.
 
-Plain Python (no torch) so that config validation and planning can read them.
+Plain Python (no torch) so that config validation and planning can read them. Every field
+enters the tokenizer's config hash (``varscale.config.tokenizer_config_hash``) as declared
+on it (``opt(..., hash=...)``, see ``varscale.config``): a field added later declares no
+``hash=`` and stays out of the hash while at its default, so trained tokenizers stay valid.
 
 ``imagenet256`` / ``imagenet512`` are the official release's shapes. The CPU presets keep
 VAR's shape rule (width = head_dim * depth, heads = depth) with a smaller head_dim so that a
@@ -10,7 +13,9 @@ the ~1e13 FLOP budgets a 2-core laptop can spend on a cell (see docs/models.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from varscale.config import opt
 
 
 @dataclass(frozen=True)
@@ -22,18 +27,18 @@ class Preset:
     cvae: int  # Cvae, latent channels
     ch: int  # VQVAE base channels
     ch_mult: tuple[int, ...]  # one entry per level; downsample = 2 ** (len - 1)
-    head_dim: int = 64
-    num_classes: int = 1000
-    share_quant_resi: int = 4  # number of shared phi convs
-    quant_resi: float = 0.5  # phi(h) = (1 - r) h + r conv(h)
-    enc_res_blocks: int = 2  # decoder uses enc_res_blocks + 1
-    beta: float = 0.25
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
-    vae_norm: str = "group"  # VQVAE normalisation: "group" (official GroupNorm32) or "none"
+    head_dim: int = opt(64, hash="always")
+    num_classes: int = opt(1000, hash="always")
+    share_quant_resi: int = opt(4, hash="always")  # number of shared phi convs
+    quant_resi: float = opt(0.5, hash="always")  # phi(h) = (1 - r) h + r conv(h)
+    enc_res_blocks: int = opt(2, hash="always")  # decoder uses enc_res_blocks + 1
+    beta: float = opt(0.25, hash="always")
+    mlp_ratio: float = opt(4.0, hash="always")
+    norm_eps: float = opt(1e-6, hash="always")
+    vae_norm: str = opt("group", hash="always")  # VQVAE normalisation: "group" (official GroupNorm32) or "none"
     # VQVAE encoder/decoder layout: "ldm" (official: res blocks, attention, GroupNorm) or
     # "plain" (stride-2 convs / transposed convs, SiLU, no norm; a CPU-preset deviation)
-    vae_arch: str = "ldm"
+    vae_arch: str = opt("ldm")  # in the tokenizer's hash only when not "ldm"
 
     @property
     def seq_len(self) -> int:

@@ -6,8 +6,8 @@ Loss per step (VAR paper eq. 5 without the pretrained-network terms):
 
 where ``vq_loss`` is the multi-scale commitment/codebook loss of ``MultiScaleQuantizer``
 (commitment weight ``tokenizer.beta``). The perceptual (LPIPS) and adversarial terms need
-pretrained networks that cannot be downloaded here; they are switches that are off by
-default and raise a clear error when turned on.
+pretrained networks that cannot be downloaded here; they are not built (the study file's
+``tokenizer.perceptual_weight`` / ``adversarial_weight`` are removed options: only 0 loads).
 
 Against codebook collapse (coarse scales in particular, where only B tokens per batch are
 seen): the codebook is initialised from the encoder's residuals of the first batch, and
@@ -24,10 +24,8 @@ a plain state dict) uses that instead of training.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import io
-import json
 import math
 import os
 import sys
@@ -74,16 +72,11 @@ def _preset_of(cfg):
 
 
 def config_hash(cfg) -> str:
-    """Hash of what a trained tokenizer depends on: the data, the tokenizer recipe, the VQVAE shape."""
-    from varscale.config import hash_view
+    """Hash of what a trained tokenizer depends on: the data, the tokenizer recipe, the VQVAE
+    shape (``varscale.config.tokenizer_config_hash``; each field declares whether it enters)."""
+    from varscale.config import tokenizer_config_hash
 
-    tc = hash_view("tokenizer", dataclasses.asdict(cfg.tokenizer))
-    tc.pop("threads", None)  # how many threads does not change what is learnt... nearly; see docs
-    tc.pop("fail_on_collapse", None)  # what to do with the result, not how it is made
-
-    blob = json.dumps({"data": hash_view("data", dataclasses.asdict(cfg.data)), "tokenizer": tc,
-                       "preset": hash_view("preset", dataclasses.asdict(_preset_of(cfg)))}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return tokenizer_config_hash(cfg)
 
 
 # --------------------------------------------------------------------------- loading
@@ -244,18 +237,6 @@ def _lr_at(step: int, total: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def _check_switches(tc) -> None:
-    if tc.perceptual_weight > 0:
-        raise ValueError(
-            "tokenizer.perceptual_weight > 0: the perceptual (LPIPS) loss needs pretrained VGG/LPIPS "
-            "weights, which varscale does not ship and cannot download; set it to 0 (the default)")
-    if tc.adversarial_weight > 0:
-        raise ValueError(
-            "tokenizer.adversarial_weight > 0: the adversarial loss needs a pretrained discriminator "
-            "backbone (the VAR recipe uses DINO / StyleGAN features), which varscale does not ship and "
-            "cannot download; set it to 0 (the default)")
-
-
 def _device(cfg) -> torch.device:
     want = cfg.execution.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
@@ -294,7 +275,6 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     study_dir = Path(study_dir)
     layout = StudyLayout.of(study_dir)
     tc = cfg.tokenizer
-    _check_switches(tc)
     threads = tc.threads or cfg.execution.threads
     if threads:
         torch.set_num_threads(threads)

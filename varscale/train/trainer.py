@@ -43,7 +43,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from varscale.cell import CellConfig, var_overrides
+from varscale.cell import CellConfig
+from varscale.models import var_overrides
 from varscale.schema import RUN_SCHEMA, CellLayout, atomic_write_bytes, atomic_write_json, read_json, write_part
 
 EXIT_DONE, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
@@ -72,11 +73,11 @@ def _threads(cell: CellConfig, local_world: int) -> int:
     env = os.environ.get("VARSCALE_THREADS")
     if env:
         return max(int(env), 1)
-    t = cell.execution.get("threads")
+    t = cell.execution.threads
     if t:
         return int(t)
     cores = os.cpu_count() or 1
-    return max(cores // max(int(cell.execution.get("parallel", 1)), 1) // max(local_world, 1), 1)
+    return max(cores // max(int(cell.execution.parallel), 1) // max(local_world, 1), 1)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -258,7 +259,7 @@ class CellRun:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
         self.threads = _threads(c, local_world)
         torch.set_num_threads(self.threads)
-        self.device = E.pick_device(c.execution.get("device", "auto"))
+        self.device = E.pick_device(c.execution.device)
         E.init_distributed(self.device)
         if c.batch_size % self.world:
             raise ValueError(f"batch size {c.batch_size} not divisible by world size {self.world}")
@@ -280,21 +281,20 @@ class CellRun:
         self.width, self.heads = c.width, c.depth
         self.V = int(self.train_cache.vocab_size)
 
-        width_ref = tr.get("lr_width_ref")
-        self.peak = peak_lr(tr["base_lr"], c.batch_size, self.width, width_ref, tr.get("lr_width_power", 0.5))
-        self.schedule = Schedule(self.peak, c.total_steps, tr["warmup_frac"], tr["hold_frac"],
-                                 tr["final_lr_ratio"], kind=c.schedule,
+        self.peak = peak_lr(tr.base_lr, c.batch_size, self.width, tr.lr_width_ref, tr.lr_width_power)
+        self.schedule = Schedule(self.peak, c.total_steps, tr.warmup_frac, tr.hold_frac,
+                                 tr.final_lr_ratio, kind=c.schedule,
                                  decay_steps=c.decay_steps)
         self.ds_cfg = E.ds_config(batch_size=c.batch_size, world_size=self.world,
-                                  zero_stage=int(tr["zero_stage"]), lr=self.peak * 0.005,
-                                  betas=tuple(tr["betas"]), weight_decay=tr["weight_decay"],
-                                  grad_clip=tr["grad_clip"], precision=tr["precision"],
+                                  zero_stage=int(tr.zero_stage), lr=self.peak * 0.005,
+                                  betas=tuple(tr.betas), weight_decay=tr.weight_decay,
+                                  grad_clip=tr.grad_clip, precision=tr.precision,
                                   device=self.device.type)
         if self.main:
             atomic_write_json(self.layout.ds_config_json, self.ds_cfg)
-        self.engine = E.initialize(model, self.ds_cfg, tr["weight_decay"])
-        self.zero_stage = int(tr["zero_stage"])
-        self.bf16 = tr["precision"] == "bf16"
+        self.engine = E.initialize(model, self.ds_cfg, tr.weight_decay)
+        self.zero_stage = int(tr.zero_stage)
+        self.bf16 = tr.precision == "bf16"
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if self.bf16 \
             else contextlib.nullcontext
 
@@ -302,12 +302,12 @@ class CellRun:
         pre_train, pre_val = self.precompute_plan()
         self.tf_train = TeacherForcing(self.vae, self.train_cache, self.device, pre_train)
         self.tf_val = TeacherForcing(self.vae, self.val_cache, self.device, pre_val,
-                                     limit=c.evaluation.get("max_images"))
+                                     limit=c.evaluation.max_images)
         self.eval_at = {s: i for i, s in enumerate(c.eval_steps)}
         self.ckpt_at = set(c.checkpoint_steps) | set(c.keep_steps)
         self.snap_at = snapshot_steps(c.total_steps) - self.ckpt_at
-        self.label_smoothing = float(tr.get("label_smoothing", 0.0))
-        self.log_every = max(int(tr.get("log_every", 20)), 1)
+        self.label_smoothing = float(tr.label_smoothing)
+        self.log_every = max(int(tr.log_every), 1)
 
         from varscale.train.peak import peak_flops
         self.peak_flops = peak_flops(self.device.type, "bf16" if self.bf16 else "fp32", self.threads)
@@ -333,7 +333,7 @@ class CellRun:
         cap = float(os.environ.get("VARSCALE_PRECOMPUTE_MAX_GB", "2")) * 2 ** 30
         size = lambda n: n * (c.seq_len - 1) * cvae * 4  # noqa: E731  (fp32 bytes, generous L-1)
         n_tr, n_val = len(self.train_cache), len(self.val_cache)
-        ev = c.evaluation.get("max_images")
+        ev = c.evaluation.max_images
         n_val = min(n_val, ev) if ev else n_val
         train = c.total_steps * c.batch_size >= n_tr and size(n_tr) + size(n_val) <= cap
         val = size(n_val) <= cap
@@ -507,8 +507,8 @@ class CellRun:
 
         t0 = time.perf_counter()
         ev = self.cell.evaluation
-        m = evaluate(self.engine.module, self.val_cache, self.tf_val, batch_size=int(ev["batch_size"]),
-                     max_images=ev.get("max_images"), rank=self.rank, world=self.world,
+        m = evaluate(self.engine.module, self.val_cache, self.tf_val, batch_size=int(ev.batch_size),
+                     max_images=ev.max_images, rank=self.rank, world=self.world,
                      autocast=self.autocast() if self.bf16 else None, scale_slices=self.slices)
         c, a = self.cell, self.acc
         tokens = self.step * c.batch_size * c.seq_len
@@ -556,10 +556,10 @@ class CellRun:
         self.status(state="running", step=self.step, total_steps=c.total_steps,
                     last_test_loss_avg=self.last_row.get("test_loss_avg"), tokens_per_s=None,
                     message=None, diverged_step=None, threads=self.threads, world_size=self.world,
-                    zero_stage=self.zero_stage, precision=c.training["precision"])
+                    zero_stage=self.zero_stage, precision=c.training.precision)
         self.log(f"depth {c.depth} width {self.width} params {self.n_params:,} | {c.total_steps} steps of "
                  f"{c.batch_size} images, {c.flops_per_step:.3g} FLOPs/step | ZeRO-{self.zero_stage} "
-                 f"{c.training['precision']} x{self.world} rank(s), {self.threads} thread(s)")
+                 f"{c.training.precision} x{self.world} rank(s), {self.threads} thread(s)")
         self.log_acc = {"loss": 0.0, "n": 0, "images": 0, "time": 0.0}
         try:
             while self.step < c.total_steps:
