@@ -60,3 +60,40 @@ def test_no_import_runs_back_to_the_launcher():
     back = {str(p.relative_to(ROOT)): sorted(m for m in _imports(p) if m.startswith("varscale.grid.launch"))
             for p in lower}
     assert not any(back.values()), back
+
+
+def test_an_executor_from_the_docs_runs_a_study(tmp_path, monkeypatch):
+    """docs/extending.md's worked example, as written there, registered and run on a stub trainer."""
+    import os
+    import re
+    import shutil
+    import types
+
+    from varscale.cell import plan_cells, write_cell
+    from varscale.config import load_study
+    from varscale.grid import executors as X
+    from varscale.grid.launch import run_cells
+    from varscale.grid.progress import Progress
+    from varscale.schema import StudyLayout
+
+    text = (ROOT / "docs" / "extending.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class NiceExecutor" in b)
+    mod = types.ModuleType("nice_example")
+    exec(compile(code, "docs/extending.md", "exec"), mod.__dict__)
+    monkeypatch.setitem(X.EXECUTORS, "nice", mod.NiceExecutor)
+    monkeypatch.setenv("VARSCALE_CELL_FN", "test_grid_stubcell:train_cell")
+    monkeypatch.setenv("STUB_SLEEP", "0")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+    study = tmp_path / "s"
+    study.mkdir()
+    shutil.copy(ROOT / "runs" / "ci-tiny" / "study.yaml", study / "study.yaml")
+    cfg, layout = load_study(study), StudyLayout.of(study)
+    cells = plan_cells(cfg, study)
+    for c in cells:
+        write_cell(study, c)
+    ex = make_executor("nice", cfg, layout, Options(threads=1))
+    assert isinstance(ex, Executor)
+    res = run_cells(layout, cells, ex, Progress("off"), poll_s=0.05)
+    assert sorted(res.done) == sorted(c.run_id for c in cells) and not res.failed
+    assert all(layout.cell(c.run_id).done.exists() for c in cells)
