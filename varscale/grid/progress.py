@@ -140,7 +140,7 @@ class Progress:
                 bar.n = min(int(st.get("step") or 0), bar.total or 0)
                 loss = st.get("last_test_loss_avg")
                 if loss is not None:
-                    bar.set_postfix_str(f"test loss {loss:.4f}", refresh=False)
+                    bar.set_postfix_str(f"L_avg {loss:.4f}", refresh=False)
                 bar.refresh()
             self._update_study(running)
         elif running and time.time() - self.last_log >= self.log_every_s:
