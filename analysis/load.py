@@ -65,8 +65,7 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
         raise FileNotFoundError(f"no study folder at {layout.root}")
     parts = []
     for d in _cell_dirs(layout):
-        for p in sorted((d / "metrics").glob("part-*.parquet")):
-            parts.append(p)
+        parts.extend(layout.cell(d.name).metrics_parts())
     try:
         table = _read_parallel(parts)
     except Exception:  # find the bad part(s) only when there is one
@@ -169,7 +168,7 @@ def budget_values(df: pd.DataFrame, study_dir=None) -> pd.Series:
 def floors(study_dir) -> dict:
     """Token-entropy floors from ``tokens/meta.json``: {"test_loss_last": ..,
     "test_loss_avg": .., "by_scale": [..]} (nats); {} when the cache has no meta."""
-    meta = read_json(StudyLayout.of(study_dir).tokens_dir / "meta.json", default=None)
+    meta = read_json(StudyLayout.of(study_dir).tokens_meta, default=None)
     if not meta:
         return {}
     out = {}
@@ -213,8 +212,7 @@ def usable_floors(fl: dict, df: pd.DataFrame) -> dict:
 
 def load_quality(study_dir) -> pd.DataFrame | None:
     """Sample-quality rows (``quality/part-*.parquet``) when another stage wrote them."""
-    qd = StudyLayout.of(study_dir).root / "quality"
-    parts = sorted(qd.glob("part-*.parquet")) if qd.is_dir() else []
+    parts = StudyLayout.of(study_dir).quality_parts()
     if not parts:
         return None
     return read_parts(parts).to_pandas()
@@ -222,14 +220,12 @@ def load_quality(study_dir) -> pd.DataFrame | None:
 
 def sample_images(study_dir) -> pd.DataFrame:
     """Sample grids ``samples/<run_id>/step-XXXXXXXX.png`` as rows (run_id, step, path)."""
-    sd = StudyLayout.of(study_dir).root / "samples"
     rows = []
-    if sd.is_dir():
-        for p in sorted(sd.glob("*/step-*.png")):
-            try:
-                rows.append({"run_id": p.parent.name, "step": int(p.stem.split("-", 1)[1]), "path": str(p)})
-            except ValueError:
-                continue
+    for p in StudyLayout.of(study_dir).fig7_pngs():
+        try:
+            rows.append({"run_id": p.parent.name, "step": int(p.stem.split("-", 1)[1]), "path": str(p)})
+        except ValueError:
+            continue
     return pd.DataFrame(rows, columns=["run_id", "step", "path"])
 
 

@@ -123,7 +123,7 @@ def test_lock_without_token_from_live_pid_is_held(tmp_path):
 def _stage(root: str, barrier) -> None:
     from pathlib import Path
 
-    from varscale.grid.launch import _locked_stage
+    from varscale.grid.stages import locked_stage
     from varscale.schema import StudyLayout
 
     marker = Path(root) / "made"
@@ -137,7 +137,7 @@ def _stage(root: str, barrier) -> None:
         marker.write_text("x")
 
     barrier.wait()
-    _locked_stage(StudyLayout.of(root), "tokenizer", work)
+    locked_stage(StudyLayout.of(root), "tokenizer", work)
 
 
 def test_stage_lock_makes_a_second_launcher_wait_then_skip(tmp_path):

@@ -31,4 +31,7 @@ def test_hashes_and_cell_ids_unchanged(study):
     assert cfg.hash() == pin["study_hash"]
     assert cfg.hash("data") == pin["data_hash"]  # half of the token cache's key
     assert config_hash(cfg) == pin["tokenizer_config_hash"]
+    from varscale.quality import data_key  # a cached quality classifier's key
+
+    assert data_key(cfg.data) == pin["quality_data_key"]
     assert [c.run_id for c in plan_cells(cfg, ROOT / "runs" / study)] == pin["run_ids"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from varscale.schema import CellLayout
 from varscale.config import (ArchConfig, DataConfig, EvaluationConfig, ExecutionConfig, TokenizerConfig,
                              TrainingConfig, to_plain, digest, from_plain, hash_view, opt)
 
@@ -73,7 +74,7 @@ class CellConfig:
 
     @classmethod
     def load(cls, cell_dir: str | os.PathLike) -> "CellConfig":
-        p = Path(cell_dir) / "config.json"
+        p = CellLayout(Path(cell_dir)).config_json
         return cls.from_dict(json.loads(p.read_text()), str(p))
 
     def study_config(self):

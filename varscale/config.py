@@ -50,6 +50,8 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
+from varscale.schema import StudyLayout
+
 
 class ConfigError(ValueError):
     """One or more problems in a study file or cell config; ``errors`` lists them one per line."""
@@ -725,7 +727,7 @@ def from_dict(raw: Any, source: str | None = None) -> StudyConfig:
 
 def study_file(path: str | Path) -> Path:
     p = Path(path)
-    return p / "study.yaml" if p.is_dir() or p.suffix not in (".yaml", ".yml") else p
+    return StudyLayout(p).study_yaml if p.is_dir() or p.suffix not in (".yaml", ".yml") else p
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -43,30 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-QUALITY_SCHEMA = pa.schema(
-    [
-        ("study", pa.string()),
-        ("run_id", pa.string()),
-        ("depth", pa.int32()),
-        ("step", pa.int64()),
-        ("n_params", pa.int64()),
-        ("n_params_blocks", pa.int64()),
-        ("flops", pa.float64()),  # cumulative training FLOPs at this checkpoint
-        ("class_accuracy", pa.float64()),  # in [0, 1]; chance = 1 / num_classes
-        ("frechet_distance", pa.float64()),  # classifier-feature Frechet distance (NOT FID)
-        ("fid", pa.float64()),  # Inception FID, null unless --inception was given
-        ("n_samples", pa.int64()),
-        ("cfg", pa.float64()),
-        ("top_k", pa.int64()),
-        ("top_p", pa.float64()),
-        ("seed", pa.int64()),
-        ("real_accuracy", pa.float64()),  # the classifier on real held-out images
-        ("recon_accuracy", pa.float64()),  # ... on tokenizer reconstructions (ceiling)
-        ("recon_frechet_distance", pa.float64()),  # reconstructions vs real (floor)
-        ("wall_s", pa.float64()),
-        ("time", pa.timestamp("us", tz="UTC")),
-    ]
-)
+from varscale.schema import QUALITY_SCHEMA, StudyLayout
 
 
 # --------------------------------------------------------------------------- Frechet math
@@ -265,7 +242,9 @@ def data_key(data_cfg) -> str:
     """A short hash of the dataset section: a cached classifier for other data is stale."""
     from varscale.config import digest, hash_view
 
-    return digest(hash_view(data_cfg), 8)
+    # the key predates the declared hash views: it was taken over every data field, the
+    # since-retired factor_levels (always 0 now) among them; kept so cached classifiers stay valid
+    return digest({**hash_view(data_cfg), "factor_levels": 0}, 8)
 
 
 def get_classifier(study_dir: str | Path, study_cfg=None, cfg: ClassifierConfig = ClassifierConfig(),
@@ -276,7 +255,7 @@ def get_classifier(study_dir: str | Path, study_cfg=None, cfg: ClassifierConfig 
 
     study_dir = Path(study_dir)
     study_cfg = study_cfg or load_study(study_dir)
-    path = study_dir / "quality" / "classifier.pt"
+    path = StudyLayout.of(study_dir).quality_classifier
     key = data_key(study_cfg.data)
     if path.exists() and not retrain:
         model, meta = load_classifier(path)
@@ -333,7 +312,7 @@ def real_stats(study_dir: Path, study_cfg, clf: Classifier, n: int = 5000) -> tu
     """mu, sigma of the classifier features of real held-out images, cached per classifier."""
     from varscale.data import make_dataset
 
-    path = study_dir / "quality" / "real_stats.npz"
+    path = StudyLayout.of(study_dir).quality_real_stats
     tag = _clf_tag(clf) + f"-{n}"
     if path.exists():
         z = np.load(path)
@@ -366,7 +345,7 @@ def reference(study_dir: Path, study_cfg, clf: Classifier, vae, n: int = 1000) -
     """
     from varscale.data import make_dataset
 
-    path = study_dir / "quality" / "reference.json"
+    path = StudyLayout.of(study_dir).quality_reference
     tag = _clf_tag(clf) + f"-{n}-" + _module_tag(vae)
     if path.exists():
         ref = json.loads(path.read_text())
@@ -420,7 +399,7 @@ def evaluate_samples(clf: Classifier, img_B3HW: torch.Tensor, label_B: torch.Ten
 def inception_real_stats(study_dir: Path, study_cfg, inception: InceptionFeatures, n: int) -> tuple:
     from varscale.data import make_dataset
 
-    path = study_dir / "quality" / f"inception_real_stats-{n}.npz"
+    path = StudyLayout.of(study_dir).quality_inception_stats(n)
     if path.exists():
         z = np.load(path)
         return z["mu"], z["sigma"]
@@ -431,31 +410,23 @@ def inception_real_stats(study_dir: Path, study_cfg, inception: InceptionFeature
 
 
 def write_quality_row(study_dir: Path, row: dict) -> Path:
-    import pyarrow.parquet as pq
+    from varscale.schema import write_quality_row as write
 
-    from varscale.schema import atomic_write_bytes
-
-    cols = {name: [row.get(name)] for name in QUALITY_SCHEMA.names}
-    table = pa.table(cols, schema=QUALITY_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    path = study_dir / "quality" / f"part-{row['run_id']}-{int(row['step']):08d}.parquet"
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
-    return path
+    return write(StudyLayout.of(study_dir), row)
 
 
 def read_quality(study_dir: str | Path) -> pa.Table:
     from varscale.schema import read_parts
 
-    parts = sorted((Path(study_dir) / "quality").glob("part-*.parquet"))
-    return read_parts(parts) if parts else QUALITY_SCHEMA.empty_table()
+    parts = StudyLayout.of(study_dir).quality_parts()
+    return read_parts(parts, QUALITY_SCHEMA) if parts else QUALITY_SCHEMA.empty_table()
 
 
 def _cell_flops(cell_dir: Path, step: int) -> Optional[float]:
     """Cumulative training FLOPs at ``step`` from the cell's own metrics rows."""
-    from varscale.schema import read_parts
+    from varscale.schema import CellLayout, read_parts
 
-    parts = sorted((cell_dir / "metrics").glob("part-*.parquet"))
+    parts = CellLayout(Path(cell_dir)).metrics_parts()
     if not parts:
         return None
     t = read_parts(parts).to_pandas()
@@ -501,7 +472,7 @@ def evaluate_cell(study_dir: str | Path, run_id: str, step: Optional[int] = None
     row = {
         "study": study_cfg.name, "run_id": run_id, "depth": _get(cell_cfg, "depth"), "step": int(step),
         "n_params": counts.get("n_params"), "n_params_blocks": counts.get("n_params_blocks"),
-        "flops": _cell_flops(study_dir / "cells" / run_id, int(step)),
+        "flops": _cell_flops(StudyLayout.of(study_dir).cell(run_id).root, int(step)),
         **res, "n_samples": int(labels.numel()), "cfg": cfg, "top_k": top_k, "top_p": top_p, "seed": seed,
         "real_accuracy": ref["real_accuracy"], "recon_accuracy": ref["recon_accuracy"],
         "recon_frechet_distance": ref["recon_frechet_distance"], "wall_s": time.time() - t0,
@@ -561,13 +532,14 @@ def main_quality(argv: Sequence[str] | None = None) -> int:
     study_cfg = load_study(study_dir)
     clf, meta = get_classifier(study_dir, study_cfg, ClassifierConfig(steps=a.classifier_steps),
                                retrain=a.retrain_classifier)
-    cells = a.cell or sorted(p.name for p in (study_dir / "cells").glob("*") if (p / "checkpoints").exists())
+    lay = StudyLayout.of(study_dir)
+    cells = a.cell or [p.name for p in lay.cell_dirs() if lay.cell(p.name).checkpoints.exists()]
     if not cells:
-        print(f"varscale quality: no cells with checkpoints under {study_dir / 'cells'}", file=sys.stderr)
+        print(f"varscale quality: no cells with checkpoints under {lay.cells_dir}", file=sys.stderr)
         return 1
     rc = 0
     for run_id in cells:
-        steps = cell_steps(study_dir / "cells" / run_id)
+        steps = cell_steps(lay.cell(run_id).root)
         if not steps:
             print(f"{run_id}: no checkpoint, skipped", file=sys.stderr)
             rc = 1

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from varscale.schema import CellLayout, StudyLayout
+
 # --------------------------------------------------------------------------- token choice
 
 
@@ -331,11 +333,11 @@ def edit(vae, var, src, mask, label=None, cfg: float = 1.5, top_k: int = 0, top_
 
 def cell_steps(cell_dir: Union[str, Path]) -> list[int]:
     """Steps of the cell's complete checkpoints (``checkpoints/step<N>/weights.pt``), sorted."""
-    ckpt = Path(cell_dir) / "checkpoints"
+    ckpt = CellLayout(Path(cell_dir)).checkpoints
     steps = []
     for d in ckpt.glob("step*"):
         m = re.fullmatch(r"step(\d+)", d.name)
-        if m and (d / "weights.pt").exists():
+        if m and CellLayout(Path(cell_dir)).weights(int(m.group(1))).exists():
             steps.append(int(m.group(1)))
     return sorted(steps)
 
@@ -344,16 +346,17 @@ def load_cell(study_dir: Union[str, Path], run_id: str, step: Optional[int] = No
     """(vae, var, cell_cfg, step) of one cell's checkpoint (the latest when ``step`` is None)."""
     from varscale.train.trainer import load_cell_model
 
-    cell_dir = Path(study_dir) / "cells" / run_id
-    if not (cell_dir / "config.json").exists():
-        raise FileNotFoundError(f"no cell {run_id} under {Path(study_dir) / 'cells'}")
+    cell = StudyLayout.of(study_dir).cell(run_id)
+    cell_dir = cell.root
+    if not cell.config_json.exists():
+        raise FileNotFoundError(f"no cell {run_id} under {cell.study.cells_dir}")
     if step is None:
         steps = cell_steps(cell_dir)
         if not steps:
             raise FileNotFoundError(f"cell {run_id} has no checkpoint yet")
         from varscale.schema import read_json
 
-        latest = read_json(cell_dir / "checkpoints" / "LATEST.json") or {}
+        latest = read_json(cell.latest_json) or {}
         step = int(latest.get("step", steps[-1]))
     vae, var, cell = load_cell_model(cell_dir, step=step, device=device)
     return vae.eval(), var.eval(), cell, int(step)
@@ -369,7 +372,7 @@ def fig7_steps(available: Sequence[int], total_steps: int, fractions=(0.2, 0.6, 
 
 
 def samples_dir(study_dir: Union[str, Path], run_id: str) -> Path:
-    return Path(study_dir) / "samples" / run_id
+    return StudyLayout.of(study_dir).samples(run_id)
 
 
 def _pick_device(kind: str) -> str:
@@ -415,11 +418,11 @@ def main_sample(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     device = _pick_device(a.device)
     study_dir = Path(a.study_dir)
-    cell_dir = study_dir / "cells" / a.cell
+    cell_dir = StudyLayout.of(study_dir).cell(a.cell).root
     out_dir = Path(a.out) if a.out else samples_dir(study_dir, a.cell)
     steps = cell_steps(cell_dir)
     if not steps:
-        print(f"varscale sample: cell {a.cell} has no checkpoint under {cell_dir / 'checkpoints'}", file=sys.stderr)
+        print(f"varscale sample: cell {a.cell} has no checkpoint under {CellLayout(cell_dir).checkpoints}", file=sys.stderr)
         return 1
     if a.fig7:
         from varscale.cell import CellConfig
@@ -446,7 +449,7 @@ def main_sample(argv: Sequence[str] | None = None) -> int:
         meta = {"run_id": a.cell, "step": step, "total_steps": cell.total_steps, "depth": cell.depth,
                 "cfg": a.cfg, "top_k": a.top_k, "top_p": a.top_p, "seed": a.seed, "smooth": a.smooth,
                 "seconds": dt, "device": device}
-        stem = f"step-{step:08d}" if a.fig7 else f"samples-step{step:08d}-seed{a.seed}"
+        stem = StudyLayout.fig7_stem(step) if a.fig7 else f"samples-step{step:08d}-seed{a.seed}"
         png = _write_samples(out_dir, stem, img, labels, meta, nrow=len(classes) if a.fig7 else max(n, 1))
         written[step] = str(png)
         print(f"{a.cell} step {step}: {labels.numel()} samples in {dt:.2f}s -> {png}")

@@ -1,7 +1,19 @@
-"""The contract between the two halves: study-folder layout and parquet schemas.
+"""The contract between the two halves: the study folder's layout and every parquet schema.
 
 Imports only pyarrow (and the standard library) so that ``analysis`` can use it without
 torch. ``runs/README.md`` documents the same thing in prose; keep them together.
+
+- ``StudyLayout`` / ``CellLayout`` / ``TokensLayout``: every path of a study folder. No other
+  module spells a file or folder name of a study; an old study folder keeps working as long
+  as these names stay as they are.
+- ``METRICS_SCHEMA`` (one row per evaluation), ``RUN_SCHEMA`` (one record per cell),
+  ``QUALITY_SCHEMA`` (one row per sampled checkpoint) and their one writer, ``write_rows``
+  (``write_part``, ``write_record``, ``write_quality_row`` name the file). A row with a
+  column its schema lacks is an error, not a silently dropped value; a column the row lacks
+  is written as null.
+
+Crash safety: every file here is written to a dot-file in its folder, fsynced, then renamed
+into place, so a reader never sees a torn file and a crash leaves at most a stray dot-file.
 """
 from __future__ import annotations
 
@@ -10,11 +22,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: budget_unit added to METRICS_SCHEMA and RUN_SCHEMA (parts written before read it as null)
+SCHEMA_VERSION = 2
 
 # One row per evaluation of one cell.
 METRICS_SCHEMA = pa.schema(
@@ -28,6 +41,7 @@ METRICS_SCHEMA = pa.schema(
         ("seed", pa.int32()),
         ("budget_flops", pa.float64()),  # the cell's budget in FLOPs (tokens budgets converted)
         ("budget_tokens", pa.float64()),  # the cell's budget in training tokens
+        ("budget_unit", pa.string()),  # "flops" | "tokens": the unit the study's budgets are in
         # size
         ("n_params", pa.int64()),  # every trainable parameter of the VAR
         ("n_params_blocks", pa.int64()),  # transformer blocks only (paper's N = 73728 d^3)
@@ -70,6 +84,7 @@ RUN_SCHEMA = pa.schema(
         ("seed", pa.int32()),
         ("budget_flops", pa.float64()),
         ("budget_tokens", pa.float64()),
+        ("budget_unit", pa.string()),  # "flops" | "tokens"
         ("n_params", pa.int64()),
         ("n_params_blocks", pa.int64()),
         ("n_params_nonembedding", pa.int64()),
@@ -91,10 +106,58 @@ RUN_SCHEMA = pa.schema(
     ]
 )
 
+# One row per (cell, checkpoint) whose samples were scored: quality/part-<run_id>-<step>.parquet
+# (written by varscale.quality; read by analysis.load_quality).
+QUALITY_SCHEMA = pa.schema(
+    [
+        ("study", pa.string()),
+        ("run_id", pa.string()),
+        ("depth", pa.int32()),
+        ("step", pa.int64()),
+        ("n_params", pa.int64()),
+        ("n_params_blocks", pa.int64()),
+        ("flops", pa.float64()),  # cumulative training FLOPs at this checkpoint
+        ("class_accuracy", pa.float64()),  # in [0, 1]; chance = 1 / num_classes
+        ("frechet_distance", pa.float64()),  # classifier-feature Frechet distance (NOT FID)
+        ("fid", pa.float64()),  # Inception FID, null unless --inception was given
+        ("n_samples", pa.int64()),
+        ("cfg", pa.float64()),
+        ("top_k", pa.int64()),
+        ("top_p", pa.float64()),
+        ("seed", pa.int64()),
+        ("real_accuracy", pa.float64()),  # the classifier on real held-out images
+        ("recon_accuracy", pa.float64()),  # ... on tokenizer reconstructions (ceiling)
+        ("recon_frechet_distance", pa.float64()),  # reconstructions vs real (floor)
+        ("wall_s", pa.float64()),
+        ("time", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# every schema of a study folder, by the name error messages and docs use
+SCHEMAS: dict[str, pa.Schema] = {
+    "METRICS_SCHEMA": METRICS_SCHEMA,
+    "RUN_SCHEMA": RUN_SCHEMA,
+    "QUALITY_SCHEMA": QUALITY_SCHEMA,
+}
+
 STATUSES = ("pending", "running", "done", "failed", "diverged")
+BUDGET_UNITS = ("flops", "tokens")
 
 
 # --------------------------------------------------------------------------- layout
+#
+# Every name below is part of the contract: changing one orphans the files of every study
+# run before the change. Add a path as a new property here (and a line in runs/README.md);
+# never spell it in the module that writes it.
+
+
+def _step_tag(step: int) -> str:
+    return f"step{int(step):08d}"
+
+
+def part_name(index: int) -> str:
+    """``part-<index:06d>.parquet``: a metrics part's name from its evaluation's number."""
+    return f"part-{int(index):06d}.parquet"
 
 
 @dataclass(frozen=True)
@@ -107,40 +170,108 @@ class StudyLayout:
     def of(cls, study_dir: str | os.PathLike) -> "StudyLayout":
         return cls(Path(study_dir))
 
-    @property
-    def study_yaml(self) -> Path:
-        return self.root / "study.yaml"
+    study_yaml = property(lambda self: self.root / "study.yaml")  # committed; everything else is output
+    plan_json = property(lambda self: self.root / "plan.json")  # the planned cells (`plan`, `run`)
+    prepare_traceback = property(lambda self: self.root / "prepare.traceback.txt")  # tokenizer/tokens failed
+
+    def stage_lock(self, stage: str) -> Path:
+        """The study-wide lock of a one-off stage (tokenizer, tokens, fit, figures)."""
+        return self.root / f".lock-{stage}"
+
+    # tokenizer: trained once per study (or tokenizer.checkpoint is loaded and measured)
+    tokenizer_dir = property(lambda self: self.root / "tokenizer")
+    tokenizer_ckpt = property(lambda self: self.tokenizer_dir / "vqvae.pt")
+    tokenizer_metrics = property(lambda self: self.tokenizer_dir / "metrics.json")
+
+    # token cache: every image's K index maps, encoded once
+    tokens_dir = property(lambda self: self.root / "tokens")
 
     @property
-    def tokenizer_dir(self) -> Path:
-        return self.root / "tokenizer"
+    def tokens(self) -> "TokensLayout":
+        return TokensLayout(self.tokens_dir)
 
     @property
-    def tokenizer_ckpt(self) -> Path:
-        return self.tokenizer_dir / "vqvae.pt"
+    def tokens_meta(self) -> Path:
+        return self.tokens.meta
 
-    @property
-    def tokens_dir(self) -> Path:
-        return self.root / "tokens"
-
-    @property
-    def cells_dir(self) -> Path:
-        return self.root / "cells"
+    # cells
+    cells_dir = property(lambda self: self.root / "cells")
 
     def cell(self, run_id: str) -> "CellLayout":
         return CellLayout(self.cells_dir / run_id)
 
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
+    def cell_dirs(self) -> list[Path]:
+        """Every cell folder present, sorted by run id (dot-folders are not cells)."""
+        if not self.cells_dir.is_dir():
+            return []
+        return sorted(p for p in self.cells_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    @property
-    def plan_json(self) -> Path:
-        return self.root / "plan.json"
+    # report: written by analysis (varscale fit / figures) and the launcher's analysis stages
+    report_dir = property(lambda self: self.root / "report")
+    fits_json = property(lambda self: self.report_dir / "fits.json")
+    fits_md = property(lambda self: self.report_dir / "fits.md")
+
+    def stage_log(self, stage: str) -> Path:
+        """What ``varscale run``'s fit / figures stage printed."""
+        return self.report_dir / f"{stage}.log"
+
+    def stage_stamp(self, stage: str) -> Path:
+        """The finished cells an analysis stage last saw (its rerun-or-skip fingerprint)."""
+        return self.report_dir / f".{stage}.stamp"
+
+    # sample quality (varscale quality)
+    quality_dir = property(lambda self: self.root / "quality")
+    quality_classifier = property(lambda self: self.quality_dir / "classifier.pt")
+    quality_reference = property(lambda self: self.quality_dir / "reference.json")
+    quality_real_stats = property(lambda self: self.quality_dir / "real_stats.npz")
+
+    def quality_inception_stats(self, n: int) -> Path:
+        return self.quality_dir / f"inception_real_stats-{int(n)}.npz"
+
+    def quality_part(self, run_id: str, step: int) -> Path:
+        return self.quality_dir / f"part-{run_id}-{int(step):08d}.parquet"
+
+    def quality_parts(self) -> list[Path]:
+        return sorted(self.quality_dir.glob("part-*.parquet"))
+
+    # samples (varscale sample)
+    samples_dir = property(lambda self: self.root / "samples")
+
+    def samples(self, run_id: str) -> Path:
+        return self.samples_dir / run_id
+
+    @staticmethod
+    def fig7_stem(step: int) -> str:
+        """File stem of a Fig. 7 sample grid (``<stem>.png`` / ``.npy`` / ``.json``)."""
+        return f"step-{int(step):08d}"
+
+    def fig7_pngs(self) -> list[Path]:
+        """Every Fig. 7 sample grid, ``samples/<run_id>/step-<step>.png``, sorted."""
+        return sorted(self.samples_dir.glob("*/step-*.png"))
+
+    # the Slurm executor: submitit's job folders
+    slurm_dir = property(lambda self: self.root / "slurm")
+
+
+@dataclass(frozen=True)
+class TokensLayout:
+    """The token cache folder (``tokens/`` of a study, or any folder the low-level API is given)."""
+
+    root: Path
+
+    meta = property(lambda self: self.root / "meta.json")  # written last: its presence = complete
+
+    def idx(self, split: str) -> Path:
+        return self.root / f"{split}_idx.npy"
+
+    def labels(self, split: str) -> Path:
+        return self.root / f"{split}_labels.npy"
 
 
 @dataclass(frozen=True)
 class CellLayout:
+    """One cell's folder, ``cells/<run_id>/``."""
+
     root: Path
 
     @property
@@ -154,13 +285,30 @@ class CellLayout:
     config_json = property(lambda self: self.root / "config.json")  # fully resolved cell config
     ds_config_json = property(lambda self: self.root / "ds_config.json")
     status_json = property(lambda self: self.root / "status.json")
-    checkpoints = property(lambda self: self.root / "checkpoints")
     metrics_dir = property(lambda self: self.root / "metrics")
     record = property(lambda self: self.root / "record.parquet")
     done = property(lambda self: self.root / "DONE")
     lock = property(lambda self: self.root / "LOCK")
     log = property(lambda self: self.root / "train.log")
     traceback = property(lambda self: self.root / "traceback.txt")
+
+    def metrics_part(self, index: int) -> Path:
+        return self.metrics_dir / part_name(index)
+
+    def metrics_parts(self) -> list[Path]:
+        return sorted(self.metrics_dir.glob("part-*.parquet"))
+
+    # checkpoints/: DeepSpeed checkpoints step<NNNNNNNN>/ (+ weights.pt), LATEST.json
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    latest_json = property(lambda self: self.checkpoints / "LATEST.json")  # names the complete ones
+    checkpoint_tag = staticmethod(_step_tag)  # the folder name (and DeepSpeed tag) of a step
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / _step_tag(step)
+
+    def weights(self, step: int) -> Path:
+        """Model weights alone (no optimizer state), loadable without DeepSpeed."""
+        return self.checkpoint(step) / "weights.pt"
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -196,6 +344,38 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
 
 
+# --------------------------------------------------------------------------- parquet
+
+
+def schema_name(schema: pa.Schema) -> str:
+    for name, s in SCHEMAS.items():
+        if s is schema or s.equals(schema):
+            return name
+    return "the given schema"
+
+
+def write_rows(path: str | os.PathLike, rows: Iterable[dict], schema: pa.Schema) -> Path:
+    """The one parquet writer of a study: ``rows`` as one file at ``path``, atomically.
+
+    A column the rows lack is written as null; a key that is not a column of ``schema`` is a
+    ValueError naming it (a value would otherwise vanish without a trace: add the column to
+    the schema above, and a line to runs/README.md).
+    """
+    import pyarrow.parquet as pq
+
+    rows = list(rows)
+    names = set(schema.names)
+    unknown = sorted({k for r in rows for k in r} - names)
+    if unknown:
+        raise ValueError(f"{path}: column(s) {', '.join(repr(k) for k in unknown)} not in "
+                         f"{schema_name(schema)} (varscale/schema.py); add them there first")
+    table = pa.table({name: [r.get(name) for r in rows] for name in schema.names}, schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return Path(path)
+
+
 def write_part(metrics_dir: str | os.PathLike, rows: Iterable[dict], index: int,
                schema: pa.Schema = METRICS_SCHEMA) -> Path:
     """Write rows as ``part-<index:06d>.parquet`` atomically; missing columns become null.
@@ -203,31 +383,36 @@ def write_part(metrics_dir: str | os.PathLike, rows: Iterable[dict], index: int,
     The index is the evaluation's sequence number, so a rerun after a crash that writes the
     same evaluation again overwrites the same file instead of adding a duplicate row.
     """
-    import pyarrow.parquet as pq
-
-    rows = list(rows)
-    cols = {name: [r.get(name) for r in rows] for name in schema.names}
-    table = pa.table(cols, schema=schema)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    path = Path(metrics_dir) / f"part-{index:06d}.parquet"
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
-    return path
+    return write_rows(Path(metrics_dir) / part_name(index), rows, schema)
 
 
-def read_parts(paths: Iterable[str | os.PathLike]) -> pa.Table:
+def write_record(cell: CellLayout, record: dict) -> Path:
+    """A cell's run record (``record.parquet``, one RUN_SCHEMA row)."""
+    return write_rows(cell.record, [record], RUN_SCHEMA)
+
+
+def write_quality_row(study: StudyLayout, row: dict) -> Path:
+    """One QUALITY_SCHEMA row as ``quality/part-<run_id>-<step>.parquet``."""
+    return write_rows(study.quality_part(row["run_id"], row["step"]), [row], QUALITY_SCHEMA)
+
+
+def read_parts(paths: Iterable[str | os.PathLike], schema: Optional[pa.Schema] = None) -> pa.Table:
     """Read parquet files into one table over the union of their schemas.
 
     A column added in a later schema version is kept (null where absent) rather than
-    dropped, which a plain dataset read with the first file's schema would do.
+    dropped, which a plain dataset read with the first file's schema would do. With
+    ``schema``, each of its columns is there even if no file has it (all null), so a reader
+    of old parts can rely on e.g. ``budget_unit`` existing; without it, an empty list of
+    paths gives an empty METRICS_SCHEMA table.
     """
     import pyarrow.parquet as pq
 
     tables = [pq.read_table(p) for p in paths]
     if not tables:
-        return METRICS_SCHEMA.empty_table()
-    schema = pa.unify_schemas([t.schema for t in tables], promote_options="permissive")
-    return pa.concat_tables([t.cast(schema) if t.schema == schema else _conform(t, schema) for t in tables])
+        return (schema or METRICS_SCHEMA).empty_table()
+    schemas = [t.schema for t in tables] + ([schema] if schema is not None else [])
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    return pa.concat_tables([t.cast(unified) if t.schema == unified else _conform(t, unified) for t in tables])
 
 
 def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -31,10 +31,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from varscale.schema import StudyLayout, atomic_write_json, read_json
+from varscale.schema import StudyLayout, TokensLayout, atomic_write_json, read_json
 
 SPLITS = ("train", "val")
-META = "meta.json"
+META = TokensLayout(Path()).meta.name
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -74,11 +74,11 @@ def entropy_summary(counts_KV: np.ndarray, patch_nums: Sequence[int]) -> dict[st
 
 
 def _idx_path(tokens_dir: Path, split: str) -> Path:
-    return Path(tokens_dir) / f"{split}_idx.npy"
+    return TokensLayout(Path(tokens_dir)).idx(split)
 
 
 def _labels_path(tokens_dir: Path, split: str) -> Path:
-    return Path(tokens_dir) / f"{split}_labels.npy"
+    return TokensLayout(Path(tokens_dir)).labels(split)
 
 
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:

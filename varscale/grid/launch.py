@@ -23,142 +23,19 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
-import json
-import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from varscale.config import StudyConfig, load_study_for_cli
 from varscale.grid import executors as X
 from varscale.grid.lock import FileLock, describe
-from varscale.grid.progress import Progress
+from varscale.grid.progress import Progress, say
+from varscale.grid.stages import prepare_here, stage_analysis
 from varscale.grid.status import cell_state
-from varscale.schema import CellLayout, StudyLayout, atomic_write_json, read_json
-
-SKIPPED = "skipped"
-
-
-def say(msg: str) -> None:
-    Progress.write(msg)
-
-
-# --------------------------------------------------------------------------- one-off stages
-
-
-def _stage_lock(layout: StudyLayout, stage: str) -> FileLock:
-    return FileLock(layout.root / f".lock-{stage}", purpose=f"stage {stage}")
-
-
-def _locked_stage(layout: StudyLayout, stage: str, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` holding the study-wide lock of ``stage`` (waits for another launcher)."""
-    lock = _stage_lock(layout, stage)
-    lock.wait(on_wait=lambda info: say(f"{stage}: another launcher ({describe(info)}) is on it; waiting"))
-    try:
-        return fn()
-    finally:
-        lock.release()
-
-
-def stage_tokenizer(layout: StudyLayout, cfg: StudyConfig) -> bool:
-    """Train (or load and measure) the study's tokenizer; True if there was work to do."""
-    from varscale.train import tokenizer as T
-
-    def work() -> bool:
-        if cfg.tokenizer.checkpoint:
-            if (layout.tokenizer_dir / "metrics.json").exists():
-                say(f"tokenizer: using the checkpoint {cfg.tokenizer.checkpoint} (already measured); skipped")
-                return False
-            T.train_tokenizer(layout.root, cfg, log=say)  # loads and measures it, never trains
-            return True
-        done = T.existing_complete(layout.root, cfg)
-        if done is not None:
-            say(f"tokenizer: complete ({layout.tokenizer_ckpt}); skipped")
-            return False
-        say(f"tokenizer: training ({cfg.tokenizer.steps} steps) into {layout.tokenizer_dir}")
-        t0 = time.time()
-        T.train_tokenizer(layout.root, cfg, log=say)
-        say(f"tokenizer: trained in {time.time() - t0:.1f} s")
-        return True
-
-    return _locked_stage(layout, "tokenizer", work)
-
-
-def stage_tokens(layout: StudyLayout, cfg: StudyConfig) -> bool:
-    """Build the token cache if missing or stale; True if there was work to do."""
-    from varscale.data.tokens import build_token_cache
-
-    meta = layout.tokens_dir / "meta.json"
-
-    def stamp() -> Optional[int]:
-        return meta.stat().st_mtime_ns if meta.exists() else None
-
-    before = stamp()
-    # build_token_cache checks the cache against the tokenizer and data hashes and says
-    # "skipping" itself when it is complete
-    _locked_stage(layout, "tokens", lambda: build_token_cache(layout.root, cfg, log=say))
-    return stamp() != before
-
-
-def _done_fingerprint(layout: StudyLayout, run_ids: list[str]) -> str:
-    """Identity of the finished cells an analysis stage saw (ids and DONE times)."""
-    items = []
-    for r in sorted(run_ids):
-        c = layout.cell(r)
-        if c.done.exists():
-            items.append((r, c.done.stat().st_mtime_ns))
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
-
-
-def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[str]) -> tuple[bool, bool]:
-    """``fit`` / ``figures``: rerun only when the set of finished cells changed.
-
-    Returns (ok, worked). Their printed output goes to ``report/<stage>.log``; the report
-    itself (fits.md, figures) is where they write it.
-    """
-    import contextlib
-    import importlib
-
-    stamp = layout.report_dir / f".{stage}.stamp"
-    log = layout.report_dir / f"{stage}.log"
-
-    def work() -> tuple[bool, bool]:
-        fp = _done_fingerprint(layout, run_ids)
-        old = read_json(stamp, {}) or {}
-        if old.get("fingerprint") == fp:
-            say(f"{stage}: up to date with the {old.get('cells', '?')} finished cells; skipped")
-            return True, False
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            say(f"{stage}: {module} is not available ({e}); skipped")
-            return True, False
-        t0 = time.time()
-        layout.report_dir.mkdir(parents=True, exist_ok=True)
-        rc: Any = 0
-        with open(log, "w") as f, contextlib.redirect_stdout(f):
-            try:
-                rc = int(mod.main([str(layout.root)]) or 0)
-            except SystemExit as e:
-                rc = e.code if isinstance(e.code, int) else 1
-            except Exception as e:  # noqa: BLE001 - report it, keep what the cells produced
-                import traceback
-
-                f.write(traceback.format_exc())
-                rc = f"{type(e).__name__}: {e}"
-        if rc != 0:
-            say(f"{stage}: FAILED ({rc if isinstance(rc, str) else 'exit ' + str(rc)}); see {log}")
-            return False, True
-        n = sum(layout.cell(r).done.exists() for r in run_ids)
-        atomic_write_json(stamp, {"fingerprint": fp, "cells": n, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        say(f"{stage}: done in {time.time() - t0:.1f} s on {n} finished cells; output in {layout.report_dir} (log {log.name})")
-        return True, True
-
-    return _locked_stage(layout, stage, work)
-
+from varscale.schema import CellLayout, StudyLayout, read_json
 
 # --------------------------------------------------------------------------- the cells
 
@@ -185,7 +62,7 @@ def _terminal(cell: CellLayout) -> Optional[str]:
     return "diverged" if text == "diverged" else "done"
 
 
-def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Progress,
+def run_cells(layout: StudyLayout, cells: list[Any], executor: X.Executor, progress: Progress,
               poll_s: float = 0.2) -> CellsResult:
     """Run every unfinished cell through ``executor``; returns what happened to each."""
     res = CellsResult()
@@ -243,11 +120,11 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Pr
             res.done.append(rid)
             progress.finished(rid)
             st = cell_state(cell)
-            loss = f", test loss {st.test_loss:.4f}" if st.test_loss is not None else ""
+            loss = f", L_avg {st.loss_avg:.4f}" if st.loss_avg is not None else ""
             say(f"[{progress.count()}] {rid}: done{dt}{loss}")
         else:
             if rc == X.DONE:  # exit 0 without DONE: do not call it finished
-                X._mark_failed(cell, "the cell process exited 0 but left no DONE file\n")
+                X.mark_failed(cell, "the cell process exited 0 but left no DONE file\n")
             res.failed.append(rid)
             progress.finished(rid, ok=False)
             say(f"[{progress.count()}] {rid}: FAILED (exit {rc}){dt}; see {cell.traceback}")
@@ -306,9 +183,7 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Pr
                 todo.remove(rid)
                 submit.append(rid)
             if submit:
-                cl = [layout.cell(r) for r in submit]
-                hs = executor.submit_many(cl) if hasattr(executor, "submit_many") and executor.batch \
-                    else [executor.submit(c) for c in cl]
+                hs = executor.submit([layout.cell(r) for r in submit])
                 for rid, h in zip(submit, hs):
                     running[rid] = h
                     progress.started(rid)
@@ -331,51 +206,15 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: Any, progress: Pr
 # --------------------------------------------------------------------------- entry point
 
 
-def make_executor(name: str, cfg: StudyConfig, layout: StudyLayout, parallel: int,
-                  threads: Optional[int], nproc: int, cluster: Optional[str]) -> Any:
-    if name == "slurm":
-        return X.SlurmExecutor(layout.root, cfg.execution.slurm, parallel=parallel, threads=threads,
-                               nproc=nproc, cluster=cluster)
-    gpus = _visible_gpus(cfg) if parallel > 1 else []
-    cls = X.TorchrunExecutor if name == "torchrun" else X.LocalExecutor
-    return cls(parallel=parallel, threads=threads, nproc=nproc, gpus=gpus)
-
-
-def _visible_gpus(cfg: StudyConfig) -> list[str]:
-    if cfg.execution.device == "cpu":
-        return []
-    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if vis is not None:
-        return [g for g in vis.split(",") if g.strip()]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001
-        return []
-
-
-def _inputs_ready(layout: StudyLayout, cfg: StudyConfig) -> bool:
-    """Tokenizer and token cache look complete (cheap check, before sending a job for them)."""
-    meta = read_json(layout.tokens_dir / "meta.json")
-    if not meta or meta.get("data_hash") != cfg.hash("data"):
-        return False
-    if cfg.tokenizer.checkpoint:
-        return (layout.tokenizer_dir / "metrics.json").exists()
-    from varscale.train.tokenizer import existing_complete
-
-    return existing_complete(layout.root, cfg) is not None
-
-
 def _interrupt_on_term(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="varscale run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("study", help="study folder (with study.yaml)")
-    ap.add_argument("--executor", choices=["local", "torchrun", "slurm"], help="default: execution.executor")
+    ap.add_argument("--executor", choices=list(X.EXECUTORS), help="default: execution.executor")
     ap.add_argument("--parallel", type=int, help="cells at a time (default: execution.parallel)")
     ap.add_argument("--threads", type=int, help="torch threads per cell (default: execution.threads or cores / parallel)")
     ap.add_argument("--nproc", type=int, help="processes per cell (default: execution.nproc_per_node)")
@@ -387,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", metavar="GLOB", help="only the cells whose run id matches (e.g. 'd2-*')")
     ap.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                     help="progress bars (auto: only on a terminal)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
 
     cfg = load_study_for_cli(a.study)
     if cfg is None:
@@ -395,14 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     layout = StudyLayout.of(a.study)
     ex = cfg.execution
     name = a.executor or ex.executor
-    parallel = a.parallel or ex.parallel
-    nproc = a.nproc or ex.nproc_per_node
-    threads = a.threads or ex.threads
+    opts = X.Options(parallel=a.parallel or ex.parallel, threads=a.threads or ex.threads,
+                     nproc=a.nproc or ex.nproc_per_node, cluster=a.cluster)
     old_term = signal.signal(signal.SIGTERM, _interrupt_on_term)
     progress = Progress(a.progress)
     t0 = time.time()
     try:
-        return _run(a, cfg, layout, name, parallel, threads, nproc, progress, t0)
+        return _run(a, cfg, layout, name, opts, progress, t0)
     except KeyboardInterrupt:
         say("interrupted; 'varscale run' again resumes where this one stopped")
         return 130
@@ -411,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str, parallel: int,
-         threads: Optional[int], nproc: int, progress: Progress, t0: float) -> int:
+def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str, opts: X.Options,
+         progress: Progress, t0: float) -> int:
     from varscale.grid.cells import PlanError, plan_cells, write_cell
     from varscale.grid.plan import write_plan
 
@@ -435,7 +277,7 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
 
     worked = False
     try:
-        executor = make_executor(name, cfg, layout, parallel, threads, nproc, a.cluster)
+        executor = X.make_executor(name, cfg, layout, opts)
     except RuntimeError as e:  # submitit: no srun on this machine
         print(f"varscale run: cannot use the {name} executor here: {e}\n"
               f"  (--cluster local runs the same submitit path on this machine; --executor local runs cells here)",
@@ -443,15 +285,11 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
         return 2
     if not a.only_cells:
         try:
-            if isinstance(executor, X.SlurmExecutor) and not a.prepare_here and not _inputs_ready(layout, cfg):
-                worked |= executor.prepare(layout.root, say)
-            else:
-                worked |= stage_tokenizer(layout, cfg)
-                worked |= stage_tokens(layout, cfg)
+            worked |= prepare_here(layout, cfg) if a.prepare_here else executor.prepare(layout, cfg, say)
         except Exception as e:  # noqa: BLE001 - one line here, the whole story in a file
             import traceback
 
-            tb = layout.root / "prepare.traceback.txt"
+            tb = layout.prepare_traceback
             tb.write_text(traceback.format_exc())
             print(f"varscale run: preparing the tokenizer / token cache FAILED: {type(e).__name__}: {e}\n"
                   f"  (traceback in {tb}); no cell was started", file=sys.stderr)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from varscale.config import StudyConfig, load_study_for_cli
-from varscale.schema import StudyLayout, atomic_write_json, read_json
+from varscale.schema import CellLayout, StudyLayout, atomic_write_json, read_json
 
 ASSUMED_CPU_MFU = 0.25  # of the matmul peak; small models on CPU reach about this or less
 # per GPU, calibrated on the official VAR-d16 run (200 epochs, 2.5 days on 16 A100s, VAR
@@ -123,8 +123,8 @@ def measured_rates(layout: StudyLayout) -> tuple[dict[int, float], float]:
     if not layout.cells_dir.is_dir():
         return {}, 0.0
     for d in layout.cells_dir.iterdir():
-        st = read_json(d / "status.json", {}) or {}
-        cfg = read_json(d / "config.json", {}) or {}
+        st = read_json(CellLayout(d).status_json, {}) or {}
+        cfg = read_json(CellLayout(d).config_json, {}) or {}
         tps = st.get("tokens_per_s")
         if not tps or not cfg.get("depth") or not cfg.get("seq_len"):
             continue

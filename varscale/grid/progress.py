@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from varscale.schema import CellLayout, StudyLayout, read_json
+from varscale.schema import StudyLayout, read_json
 
 
 def _fmt_s(s: float) -> str:
@@ -25,6 +25,11 @@ def _fmt_s(s: float) -> str:
     if s >= 60:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s}s"
+
+
+def say(msg: str) -> None:
+    """Print an event line of the launcher (above the bars when they are drawn)."""
+    Progress.write(msg)
 
 
 class Progress:
@@ -99,7 +104,7 @@ class Progress:
 
     # ------------------------------------------------------------------ periodic
     def _cell_step(self, rid: str) -> int:
-        st = read_json(CellLayout(self.layout.cells_dir / rid).status_json, {}) if self.layout else {}
+        st = read_json(self.layout.cell(rid).status_json, {}) if self.layout else {}
         return int((st or {}).get("step") or 0)
 
     def _fraction(self, rid: str) -> float:
@@ -131,11 +136,11 @@ class Progress:
     def tick(self, running: dict[str, Any]) -> None:
         if self.study_bar is not None:
             for rid, bar in self.cell_bars.items():
-                st = read_json(CellLayout(self.layout.cells_dir / rid).status_json, {}) or {}
+                st = read_json(self.layout.cell(rid).status_json, {}) or {}
                 bar.n = min(int(st.get("step") or 0), bar.total or 0)
                 loss = st.get("last_test_loss_avg")
                 if loss is not None:
-                    bar.set_postfix_str(f"test loss {loss:.4f}", refresh=False)
+                    bar.set_postfix_str(f"L_avg {loss:.4f}", refresh=False)
                 bar.refresh()
             self._update_study(running)
         elif running and time.time() - self.last_log >= self.log_every_s:

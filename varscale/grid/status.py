@@ -1,8 +1,10 @@
-"""``varscale status <study-dir>``: one line per cell (state, progress, loss, speed), totals.
+"""``varscale status <study-dir>``: one line per cell (state, progress, losses, speed), totals.
 
 Reads only the study folder (``plan.json``, ``cells/*/{config,status}.json``, ``DONE``,
-``LOCK``), never imports torch, so it answers instantly and works on a login node while a
-grid runs elsewhere.
+``LOCK``, the last metrics part of each cell), never imports torch and writes nothing, so it
+answers instantly and works on a login node while a grid runs elsewhere. The losses are the
+held-out ones of the cell's latest evaluation, named as the report names them: L_avg (token
+mean over all scales) and L_last (last scale only).
 
 A cell's state, from its folder:
   done      DONE exists (and status.json does not say diverged)
@@ -35,7 +37,8 @@ class CellState:
     depth: Optional[int] = None
     seed: Optional[int] = None
     budget_flops: Optional[float] = None
-    test_loss: Optional[float] = None
+    loss_avg: Optional[float] = None  # L_avg of the latest evaluation (test_loss_avg)
+    loss_last: Optional[float] = None  # L_last (test_loss_last)
     tokens_per_s: Optional[float] = None
     owner: Optional[dict] = None
     note: str = ""
@@ -59,6 +62,22 @@ def _last_line(path: Path) -> str:
     except FileNotFoundError:
         return ""
     return lines[-1].strip()[:100] if lines else ""
+
+
+def _last_evaluation(cell: CellLayout) -> dict:
+    """The losses of the cell's latest metrics part ({} when there is none or it is unreadable)."""
+    parts = cell.metrics_parts() if cell.metrics_dir.is_dir() else []
+    if not parts:
+        return {}
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.read_table(parts[-1])
+    except Exception:  # noqa: BLE001 - a foreign file must not stop the table
+        return {}
+    cols = [c for c in ("test_loss_avg", "test_loss_last") if c in t.column_names]
+    rows = t.select(cols).to_pylist()
+    return rows[-1] if rows else {}
 
 
 def cell_state(cell: CellLayout, planned: Optional[dict] = None) -> CellState:
@@ -100,11 +119,15 @@ def cell_state(cell: CellLayout, planned: Optional[dict] = None) -> CellState:
         depth=pick("depth"),
         seed=pick("seed"),
         budget_flops=pick("budget_flops"),
-        test_loss=st.get("last_test_loss_avg", st.get("test_loss_avg")),
+        loss_avg=st.get("last_test_loss_avg", st.get("test_loss_avg")),
         tokens_per_s=st.get("tokens_per_s"),
         owner=owner,
         status=st,
     )
+    last = _last_evaluation(cell)
+    if last.get("test_loss_avg") is not None:
+        c.loss_avg = last["test_loss_avg"]
+    c.loss_last = last.get("test_loss_last")
     if state == "done" and c.total_steps and not c.step:
         c.step = int(c.total_steps)
     if state == "running":
@@ -124,9 +147,7 @@ def study_cells(study_dir: str | Path) -> list[CellState]:
     plan = read_json(lay.plan_json, {}) or {}
     planned = {c["run_id"]: c for c in plan.get("cells", [])}
     ids = list(planned)
-    if lay.cells_dir.is_dir():
-        ids += sorted(p.name for p in lay.cells_dir.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and p.name not in planned)
+    ids += [p.name for p in lay.cell_dirs() if p.name not in planned]
     return [cell_state(lay.cell(r), planned.get(r)) for r in ids]
 
 
@@ -135,13 +156,14 @@ def _fmt_num(x: Optional[float], spec: str = ".3g") -> str:
 
 
 def format_table(cells: list[CellState]) -> str:
-    rows = [("run_id", "state", "step/total", "test_loss", "tok/s", "note")]
+    rows = [("run_id", "state", "step/total", "L_avg", "L_last", "tok/s", "note")]
     for c in cells:
         total = "?" if c.total_steps is None else str(c.total_steps)
-        rows.append((c.run_id, c.state, f"{c.step}/{total}", _fmt_num(c.test_loss, ".4f"),
-                     _fmt_num(c.tokens_per_s, ".3g"), c.note))
-    w = [max(len(r[i]) for r in rows) for i in range(5)]
-    out = ["  ".join(r[i].ljust(w[i]) for i in range(5)) + ("  " + r[5] if r[5] else "") for r in rows]
+        rows.append((c.run_id, c.state, f"{c.step}/{total}", _fmt_num(c.loss_avg, ".4f"),
+                     _fmt_num(c.loss_last, ".4f"), _fmt_num(c.tokens_per_s, ".3g"), c.note))
+    n = len(rows[0]) - 1  # the note is last and not padded
+    w = [max(len(r[i]) for r in rows) for i in range(n)]
+    out = ["  ".join(r[i].ljust(w[i]) for i in range(n)) + ("  " + r[n] if r[n] else "") for r in rows]
     return "\n".join(line.rstrip() for line in out)
 
 

@@ -291,7 +291,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
         else:
             m = evaluate(vae, val_ds, max_images=500, batch_size=50, device=device)
         m.update({"checkpoint": str(path), "tokenizer_hash": tokenizer_hash(vae), "preset": preset.name})
-        atomic_write_json(layout.tokenizer_dir / "metrics.json", m)
+        atomic_write_json(layout.tokenizer_metrics, m)
         _report(m, log)
         return path
 
@@ -383,7 +383,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     usable = not collapsed or not tc.fail_on_collapse
     _save(layout.tokenizer_ckpt, {"state_dict": sd, "preset": preset.name, "config_hash": chash,
                                   "metrics": _plain(m), "complete": usable})
-    atomic_write_json(layout.tokenizer_dir / "metrics.json", m)
+    atomic_write_json(layout.tokenizer_metrics, m)
     _report(m, log)
     if collapsed and tc.fail_on_collapse:
         raise TokenizerCollapsed(

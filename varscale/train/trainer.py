@@ -45,7 +45,8 @@ import numpy as np
 
 from varscale.cell import CellConfig
 from varscale.models import var_overrides
-from varscale.schema import RUN_SCHEMA, CellLayout, atomic_write_bytes, atomic_write_json, read_json, write_part
+from varscale.schema import (CellLayout, StudyLayout, atomic_write_bytes, atomic_write_json, read_json, write_part,
+                             write_record)
 
 EXIT_DONE, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
 KEEP_CHECKPOINTS = 2
@@ -186,11 +187,11 @@ def build_model(cell: CellConfig, device=None):
 
 
 def _tag(step: int) -> str:
-    return f"step{step:08d}"
+    return CellLayout.checkpoint_tag(step)
 
 
-def read_latest(ckpt_dir: Path) -> Optional[dict]:
-    return read_json(Path(ckpt_dir) / "LATEST.json")
+def read_latest(cell: CellLayout) -> Optional[dict]:
+    return read_json(cell.latest_json)
 
 
 def load_cell_model(cell_dir: str | os.PathLike, step: Optional[int] = None, device="cpu"):
@@ -201,11 +202,11 @@ def load_cell_model(cell_dir: str | os.PathLike, step: Optional[int] = None, dev
     cell = CellConfig.load(cell_dir)
     ckpt = CellLayout(cell_dir).checkpoints
     if step is None:
-        latest = read_latest(ckpt)
+        latest = read_latest(CellLayout(cell_dir))
         if latest is None:
             raise FileNotFoundError(f"no complete checkpoint in {ckpt}")
         step = int(latest["step"])
-    path = ckpt / _tag(step) / "weights.pt"
+    path = CellLayout(cell_dir).weights(step)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt}")
     vae = load_vae(cell, device)
@@ -264,7 +265,7 @@ class CellRun:
         if c.batch_size % self.world:
             raise ValueError(f"batch size {c.batch_size} not divisible by world size {self.world}")
 
-        tokens_dir = Path(c.study_dir) / "tokens"
+        tokens_dir = StudyLayout.of(c.study_dir).tokens_dir
         self.train_cache = TokenCache(tokens_dir, "train")
         self.val_cache = TokenCache(tokens_dir, "val")
         if self.train_cache.seq_len != c.seq_len:
@@ -360,12 +361,12 @@ class CellRun:
         sd = self.full_state_dict()
         if self.main:
             buf = _torch_bytes(sd)
-            atomic_write_bytes(ckpt / tag / "weights.pt", buf)
+            atomic_write_bytes(self.layout.weights(self.step), buf)
         dist.barrier()
         if self.main:
-            prev = read_latest(ckpt) or {"tags": []}
+            prev = read_latest(self.layout) or {"tags": []}
             tags = [t for t in prev.get("tags", []) if t != tag] + [tag]
-            atomic_write_json(ckpt / "LATEST.json", {"step": self.step, "tag": tag, "tags": tags[-KEEP_CHECKPOINTS:],
+            atomic_write_json(self.layout.latest_json, {"step": self.step, "tag": tag, "tags": tags[-KEEP_CHECKPOINTS:],
                                                      "time": _now()})
             keep = set(tags[-KEEP_CHECKPOINTS:]) | {_tag(s) for s in self.cell.keep_steps} \
                 | {_tag(s) for s in snapshot_steps(self.cell.total_steps)}
@@ -379,7 +380,7 @@ class CellRun:
         t0 = time.perf_counter()
         sd = self.full_state_dict()  # a collective at ZeRO-3: every rank calls it
         if self.main:
-            atomic_write_bytes(self.layout.checkpoints / _tag(self.step) / "weights.pt", _torch_bytes(sd))
+            atomic_write_bytes(self.layout.weights(self.step), _torch_bytes(sd))
         self.timing["checkpoint"] += time.perf_counter() - t0
 
     def full_state_dict(self) -> Optional[dict]:
@@ -394,14 +395,15 @@ class CellRun:
 
     def resume(self) -> None:
         ckpt = self.layout.checkpoints
-        latest = read_latest(ckpt)
+        latest = read_latest(self.layout)
         src, tag = None, None
         if latest is not None:
             src, tag = ckpt, latest["tag"]
         elif self.cell.branch_from:  # WSD decay branch: start from the stable run's checkpoint
-            parent = Path(self.cell.study_dir) / "cells" / self.cell.branch_from / "checkpoints"
+            stable = StudyLayout.of(self.cell.study_dir).cell(self.cell.branch_from)
+            parent = stable.checkpoints
             tag = _tag(int(self.cell.branch_step))
-            if not (parent / tag / "weights.pt").exists():
+            if not stable.weights(int(self.cell.branch_step)).exists():
                 raise FileNotFoundError(f"stable run {self.cell.branch_from} has no checkpoint at step "
                                         f"{self.cell.branch_step} yet; run it first")
             src = parent
@@ -432,7 +434,7 @@ class CellRun:
         done = [i for s, i in self.eval_at.items() if s <= self.step]
         if not done:
             return {}
-        path = self.layout.metrics_dir / f"part-{max(done):06d}.parquet"
+        path = self.layout.metrics_part(max(done))
         try:
             return pq.read_table(path).to_pylist()[0]
         except (OSError, IndexError):
@@ -515,7 +517,7 @@ class CellRun:
         row = {
             "study": c.study, "run_id": c.run_id, "depth": c.depth, "width": self.width,
             "heads": self.heads, "seed": c.seed, "budget_flops": c.budget_flops,
-            "budget_tokens": c.budget_tokens, "n_params": self.n_params,
+            "budget_tokens": c.budget_tokens, "budget_unit": c.budget_unit, "n_params": self.n_params,
             "n_params_blocks": self.n_params_blocks, "n_params_nonembedding": self.n_params_nonemb,
             "step": self.step, "total_steps": c.total_steps, "images_seen": self.step * c.batch_size,
             "tokens_seen": tokens, "flops": float(self.step * c.flops_per_step),
@@ -601,7 +603,7 @@ class CellRun:
         record = {
             "study": c.study, "run_id": c.run_id, "depth": c.depth, "width": self.width,
             "heads": self.heads, "seed": c.seed, "budget_flops": c.budget_flops,
-            "budget_tokens": c.budget_tokens, "n_params": self.n_params,
+            "budget_tokens": c.budget_tokens, "budget_unit": c.budget_unit, "n_params": self.n_params,
             "n_params_blocks": self.n_params_blocks, "n_params_nonembedding": self.n_params_nonemb,
             "status": state, "steps": self.step, "tokens_seen": self.step * c.batch_size * c.seq_len,
             "flops": float(self.step * c.flops_per_step),
@@ -627,16 +629,6 @@ def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
-
-
-def write_record(layout: CellLayout, record: dict[str, Any]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({n: [record.get(n)] for n in RUN_SCHEMA.names}, schema=RUN_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(layout.record, sink.getvalue().to_pybytes())
 
 
 # --------------------------------------------------------------------------- entry points
@@ -681,7 +673,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="varscale train", description="train one cell (a cells/<run_id> folder)")
     ap.add_argument("cell_dir")
     args = ap.parse_args(argv)
-    if not (Path(args.cell_dir) / "config.json").exists():
+    if not CellLayout(Path(args.cell_dir)).config_json.exists():
         print(f"varscale train: no config.json in {args.cell_dir}", file=sys.stderr)
         return 2
     return train_cell(args.cell_dir)
