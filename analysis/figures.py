@@ -195,7 +195,7 @@ def floor_table(rep: dict) -> pd.DataFrame:
     """One row per loss with a study-wide floor: E, its interval, source, detail."""
     rows = [{"metric": SYMBOL.get(m, m), "E": _num(f.get("E")), "95% CI": _ci(f.get("ci")),
              "source": f.get("source", ""), "detail": f.get("detail", ""),
-             "resolved": bool(f.get("resolved", True))} for m, f in report_floor(rep).items()]
+             "resolved": f.get("resolved")} for m, f in report_floor(rep).items()]
     return pd.DataFrame(rows, columns=["metric", "E", "95% CI", "source", "detail", "resolved"])
 
 
@@ -289,7 +289,7 @@ def _ylabel(m: str, fl: dict | None) -> str:
     if not fl:
         return f"{SYMBOL[m]}: {LABEL[m]} (nats)"
     src = SOURCE_LABEL.get(fl.get("source"), fl.get("source") or "floor")
-    unresolved = "" if fl.get("resolved", True) else ", floor not resolved"
+    unresolved = ", floor not resolved" if fl.get("resolved") is False else ""
     return f"{_quantity(m, fl)} ({src}{unresolved}), nats"
 
 
@@ -323,7 +323,7 @@ def _floor_title(fig: Figure, floor: dict, used: list[str]) -> None:
         if f.get("ci"):
             s += f" {_ci(f['ci'], '.3g')}"
         s += f" ({f.get('detail') or f.get('source')})"
-        if not f.get("resolved", True):
+        if f.get("resolved") is False:
             s += ", floor not resolved"
         parts.append(s)
     if parts:

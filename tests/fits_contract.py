@@ -39,6 +39,6 @@ def with_contract(rep: dict, source: str = "chinchilla") -> dict:
             "alpha_ci": f["ci"].get("alpha"), "r": f["r"], "r_ci": [f["r"] - 0.002, f["r"] + 0.001],
             "r_raw": fits[ix["raw"]]["r"],
             "lolo": {"err": -0.012, "held_out": "largest", "observed": 3.1, "predicted": 3.06}})
-    rep["best_law"] = {m: {"law": "power (reducible)", "err": -0.004, "within_3pct": True}
-                       for m in rep["floor"]}
+    rep["best_law"] = {m: {"law": "power (reducible)", "err": -0.004, "within_3pct": True,
+                           "laws": {"power (reducible)": {"err": -0.004}}} for m in rep["floor"]}
     return rep

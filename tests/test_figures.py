@@ -64,9 +64,13 @@ def test_line_follows_its_fit_entry(study, kind, metric):
 def test_reducible_axis_names_E_and_its_source(study):
     df = load(study)
     rep = figures.read_report(study)
-    fig = figures.fig5_vs_N(df, rep)
     E = rep["floor"]["test_loss_last"]["E"]
-    assert fig.axes[0].get_ylabel().startswith(f"L_last - {E:.4g} (Chinchilla E)")
+    for source, name in (("chinchilla", "Chinchilla E"), ("token entropy", "token entropy")):
+        rep["floor"]["test_loss_last"].update(source=source, resolved=True)
+        fig = figures.fig5_vs_N(df, rep)
+        assert fig.axes[0].get_ylabel() == f"L_last - {E:.4g} ({name}), nats"
+    rep["floor"]["test_loss_last"]["resolved"] = False
+    assert "floor not resolved" in figures.fig5_vs_N(df, rep).axes[0].get_ylabel()
     assert fig.axes[2].get_ylabel().startswith("Err_last")  # error rates stay raw
     raw = figures.fig5_vs_N(df, rep, raw=True)
     assert raw.axes[0].get_ylabel() == "L_last: test loss, last scale (nats)"
