@@ -62,15 +62,25 @@ SOURCE_LABEL = {"token entropy": "token entropy", "chinchilla": "Chinchilla E", 
 _OLD_SOURCE = {"tokens/meta.json": ("token entropy", "token entropy of tokens/meta.json"),
                "Chinchilla E over the finished runs": ("chinchilla", "Chinchilla E over the finished runs"),
                "hand": ("hand", "given by hand")}
-FLOOR_CHOICES = ("auto", "none")
+# auto: report/fits.json (its floor rule); none: raw losses only; the others: the report
+# `varscale fit --floor-from <source>` (or --floor-last/--floor-avg: hand) writes beside it
+FLOOR_CHOICES = ("auto", "none", "entropy", "chinchilla", "hand")
+ALT_FLOORS = ("entropy", "chinchilla", "hand")
+FIT_OPTION = {"entropy": "--floor-from entropy", "chinchilla": "--floor-from chinchilla",
+              "hand": "--floor-last ... --floor-avg ..."}
 
 
 # --------------------------------------------------------------------------- fits.json
 
 
-def read_report(study_dir) -> dict | None:
-    """``report/fits.json`` of a study, or None when there is none (or it is unreadable)."""
-    p = StudyLayout.of(study_dir).report_dir / "fits.json"
+def report_name(floor: str = "auto") -> str:
+    """The report a floor choice draws: ``fits`` (auto, none) or ``fits-floor-<source>``."""
+    return f"fits-floor-{floor}" if floor in ALT_FLOORS else "fits"
+
+
+def read_report(study_dir, name: str = "fits") -> dict | None:
+    """``report/<name>.json`` of a study, or None when there is none (or it is unreadable)."""
+    p = StudyLayout.of(study_dir).report_dir / f"{name}.json"
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
@@ -662,10 +672,15 @@ def show(fig: Figure | None, dpi: int = 100) -> None:
 
 
 def figures_of(study_dir, df: pd.DataFrame, rep: dict, floor: str = "auto") -> dict[str, Figure]:
-    """Every figure the study allows, by file name (no extension)."""
+    """Every figure the study allows, by file name (no extension). An alternative floor's
+    report (``floor`` entropy, chinchilla, hand) gives only its Fig. 5 and Fig. 6, named
+    ``fig5_vs_N-floor-<source>``, beside the headline's."""
     if floor not in FLOOR_CHOICES:
         raise ValueError(f"floor: {floor!r} is not one of {', '.join(FLOOR_CHOICES)}")
     colors = depth_colors(df["depth"])
+    if floor in ALT_FLOORS:
+        return {f"fig5_vs_N-floor-{floor}": fig5_vs_N(df, rep, colors=colors),
+                f"fig6_vs_C-floor-{floor}": fig6_vs_C(df, rep, colors=colors)}
     raw_only = floor == "none" or not any(h.get("quantity") == "reducible" for h in report_headline(rep))
     figs = {"fig5_vs_N": fig5_vs_N(df, rep, raw_only, colors), "fig6_vs_C": fig6_vs_C(df, rep, raw_only, colors)}
     if not raw_only:
@@ -696,13 +711,22 @@ def make_figures(study_dir, floor: str = "auto", formats=("png", "pdf"), out_dir
 
     The laws come from ``report`` (a fits.json dict), else from the study's report/fits.json,
     else from ``fit_study`` run now without bootstrap (``study_report``). ``floor="none"``:
-    raw losses only.
+    raw losses only; entropy, chinchilla, hand: the report of that floor
+    (``report/fits-floor-<source>.json``, FileNotFoundError naming the fit to run when absent).
     """
     df = load(study_dir)
     out = Path(out_dir) if out_dir else StudyLayout.of(study_dir).report_dir
     if not len(df):
         return []
-    rep = report if report is not None else study_report(study_dir, df=df)[0]
+    if report is not None:
+        rep = report
+    elif floor in ALT_FLOORS:
+        rep = read_report(study_dir, report_name(floor))
+        if rep is None:
+            raise FileNotFoundError(f"no report/{report_name(floor)}.json in {study_dir}: run `varscale fit "
+                                    f"{study_dir} {FIT_OPTION[floor]}` first")
+    else:
+        rep = study_report(study_dir, df=df)[0]
     figs = figures_of(study_dir, df, rep, floor)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -713,7 +737,7 @@ def make_figures(study_dir, floor: str = "auto", formats=("png", "pdf"), out_dir
             atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue())
             written.append(out / f"{name}.{ext}")
     for name in ("fig5_vs_N_raw", "fig6_vs_C_raw"):  # a raw file left by an earlier floor would mislead
-        if name not in figs:
+        if name not in figs and floor not in ALT_FLOORS:
             for ext in formats:
                 (out / f"{name}.{ext}").unlink(missing_ok=True)
     return written
@@ -723,8 +747,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="varscale figures", description=__doc__.split("\n")[0])
     ap.add_argument("study_dir", help="runs/<study>")
     ap.add_argument("--floor", default="auto", choices=FLOOR_CHOICES,
-                    help="auto: reducible losses with the floor of report/fits.json (and raw ones in "
-                         "*_raw files); none: raw losses only")
+                    help="auto: reducible losses with the floor of report/fits.json (raw ones in *_raw "
+                         "files); none: raw losses only; entropy, chinchilla, hand: the laws of "
+                         "report/fits-floor-<source>.json (`varscale fit --floor-from ...`) into "
+                         "fig5_vs_N-floor-<source>.* and fig6_vs_C-floor-<source>.*")
     ap.add_argument("--no-floor", action="store_true", help=argparse.SUPPRESS)  # = --floor none
     ap.add_argument("--x", default=None, choices=["n_params", "n_params_blocks", "n_params_nonembedding"],
                     help="must match the fit's (default: what report/fits.json was fitted with)")
@@ -739,28 +765,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.floor_last is not None or a.floor_avg is not None:
         print("varscale figures: a floor by hand is the fit's: run `varscale fit "
-              f"{a.study_dir} --floor-last ... --floor-avg ...`, then `varscale figures {a.study_dir}`",
+              f"{a.study_dir} --floor-last ... --floor-avg ...`, then `varscale figures {a.study_dir} --floor hand`",
               file=sys.stderr)
         return 2
     df = load(a.study_dir)
     if not len(df):  # not an error: nothing has been evaluated yet
         print("varscale figures: no evaluations yet, no figures")
         return 0
-    rep = read_report(a.study_dir)
+    floor = "none" if a.no_floor else a.floor
+    rep = read_report(a.study_dir, report_name(floor))
+    if rep is None and floor in ALT_FLOORS:
+        print(f"varscale figures: no report/{report_name(floor)}.json in {a.study_dir}: run `varscale fit "
+              f"{a.study_dir} {FIT_OPTION[floor]}` first", file=sys.stderr)
+        return 2
     for opt, key, val in (("--x", "x", a.x), ("--compute", "compute", a.compute)):
         if rep is not None and val is not None and rep.get(key) != val:
-            print(f"varscale figures: report/fits.json was fitted with {opt} {rep.get(key)}; run "
-                  f"`varscale fit {a.study_dir} {opt} {val}` first", file=sys.stderr)
+            print(f"varscale figures: report/{report_name(floor)}.json was fitted with {opt} {rep.get(key)}; "
+                  f"run `varscale fit {a.study_dir} {opt} {val}` first", file=sys.stderr)
             return 2
     if rep is None:
         rep, _ = study_report(a.study_dir, df=df, x_col=a.x, c_col=a.compute)
         print(f"varscale figures: no report/fits.json in {a.study_dir}: the laws were fitted now, without "
               f"bootstrap, by the code of `varscale fit` (run `varscale fit {a.study_dir}` for the table)")
     elif not report_is_current(rep, df):
-        print(f"varscale figures: note: report/fits.json was fitted on {rep.get('rows')} evaluations, the "
+        print(f"varscale figures: note: report/{report_name(floor)}.json was fitted on {rep.get('rows')} evaluations, the "
               f"study has {len(df)} now; run `varscale fit {a.study_dir}` for laws through every point")
-    files = make_figures(a.study_dir, "none" if a.no_floor else a.floor, tuple(a.formats.split(",")),
-                         report=rep)
+    files = make_figures(a.study_dir, floor, tuple(a.formats.split(",")), report=rep)
     for p in files:
         print(p)
     return 0

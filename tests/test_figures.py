@@ -179,3 +179,15 @@ def test_fig7_labels_real_fractions_and_prefers_the_run_with_snapshots(tmp_path)
     # wide strips get one row each at the figure's full width
     w, h = fig.get_size_inches()
     assert all(ax.get_position().width > 0.8 for ax in fig.axes)
+
+
+def test_alternative_floor_reads_its_own_report(study, capsys):
+    assert figures.main([str(study), "--floor", "chinchilla", "--formats", "png"]) == 2
+    err = capsys.readouterr().err
+    assert f"run `varscale fit {study} --floor-from chinchilla` first" in err
+    rep = figures.read_report(study)
+    rep["floor"]["test_loss_last"]["source"] = "chinchilla"
+    (study / "report" / "fits-floor-chinchilla.json").write_text(json.dumps(rep))
+    assert figures.main([str(study), "--floor", "chinchilla", "--formats", "png"]) == 0
+    names = {p.name for p in (study / "report").iterdir()}
+    assert {"fig5_vs_N-floor-chinchilla.png", "fig6_vs_C-floor-chinchilla.png"} <= names
