@@ -622,8 +622,10 @@ def fig7_samples(df: pd.DataFrame, samples: pd.DataFrame, fractions=(0.2, 0.6, 1
     h, w = imgs[0].shape[:2]
     aspect = w / h
     depths = sorted({p["depth"] for p in picks})
-    label_in, title_in = 0.9, 0.3
-    if aspect > 2.5:  # a strip: one snapshot per row, at the full width
+    title_in = 0.3
+    strips = aspect > 2.5
+    label_in = 0.15 if strips else 0.5  # a strip's title names its depth; a grid labels its rows
+    if strips:  # one snapshot per row, at the full width
         layout = [(i, 0) for i in range(len(picks))]
         nrows, ncols = len(picks), 1
     else:
@@ -647,7 +649,7 @@ def fig7_samples(df: pd.DataFrame, samples: pd.DataFrame, fractions=(0.2, 0.6, 1
         frac = p["step"] / p["total"] if p["total"] else float("nan")
         ax.set_title(f"VAR-d{p['depth']}  step {p['step']} of {int(p['total'])}: {frac:.0%} of training",
                      fontsize=8, loc="left", pad=2)
-        if j == 0:
+        if j == 0 and not strips:
             ax.set_ylabel(f"d{p['depth']}", fontsize=9)
     return fig
 
