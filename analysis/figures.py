@@ -105,6 +105,9 @@ def study_report(study_dir, n_boot: int = 0, write: bool = False, x_col: str | N
     path = StudyLayout.of(study_dir).report_dir / "fits.json"
     if rep is not None and report_is_current(rep, df) and x_col in (None, rep.get("x")) \
             and c_col in (None, rep.get("compute")):
+        if "headline" not in rep:
+            return rep, (f"read {path}, written before fits.json had a headline: its laws come from its fits "
+                         f"list; `varscale fit {study_dir}` again gives the study-wide floor E and the headline")
         return rep, f"read {path}"
     why = "no report/fits.json" if rep is None else \
         f"report/fits.json was fitted on {rep.get('rows')} evaluations, the study has {len(df)} now"
