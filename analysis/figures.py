@@ -241,7 +241,8 @@ def power_line(f: dict | None, lo: float, hi: float, y_max: float | None = None,
             if b > math.log(y_max):
                 return None
         else:  # a power law is monotone: where it is <= y_max is one side of its crossing
-            xc = math.exp((math.log(y_max) - b) / a)
+            with np.errstate(over="ignore"):
+                xc = float(np.exp((math.log(y_max) - b) / a))  # inf for a nearly flat law
             lo, hi = (max(lo, xc), hi) if a < 0 else (lo, min(hi, xc))
         if not lo < hi:
             return None
@@ -252,7 +253,8 @@ def power_line(f: dict | None, lo: float, hi: float, y_max: float | None = None,
 
 def _equation(f: dict, lhs: str, xsym: str) -> str:
     b, a = _power_params(f)
-    k = math.exp(b / a) if a != 0 else float("nan")
+    with np.errstate(over="ignore"):  # a nearly flat law (tiny alpha) has an overflowing k
+        k = float(np.exp(b / a)) if a != 0 else float("nan")
     r = f.get("r")
     rs = "" if r is None or not math.isfinite(r) else f", r={r:.4f}"
     return f"{lhs} = ({k:.3g} {xsym})^{a:.3g}{rs}"

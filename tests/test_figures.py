@@ -191,3 +191,15 @@ def test_alternative_floor_reads_its_own_report(study, capsys):
     assert figures.main([str(study), "--floor", "chinchilla", "--formats", "png"]) == 0
     names = {p.name for p in (study / "report").iterdir()}
     assert {"fig5_vs_N-floor-chinchilla.png", "fig6_vs_C-floor-chinchilla.png"} <= names
+
+
+def test_nearly_flat_law_draws(study):
+    # alpha near 0 gives k = exp(b / alpha) beyond a float and a crossing of 1 at x = inf
+    df = load(study)
+    rep = figures.read_report(study)
+    for kind, metric in (("N", "test_loss_last"), ("N", "test_err_last"), ("C", "test_err_avg")):
+        _, h = _row(rep, metric, kind)
+        rep["fits"][h["fit"]]["params"].update(alpha=-1e-4, b=-0.5)
+    fig5, fig6 = figures.fig5_vs_N(df, rep), figures.fig6_vs_C(df, rep)
+    assert any("inf" in t.get_text() for t in fig5.axes[0].get_legend().get_texts())
+    assert len(_lines(fig6)) == 4
