@@ -652,8 +652,8 @@ def fig7_samples(df: pd.DataFrame, samples: pd.DataFrame, fractions=(0.2, 0.6, 1
         ax.set_xticks([])
         ax.set_yticks([])
         frac = p["step"] / p["total"] if p["total"] else float("nan")
-        ax.set_title(f"VAR-d{p['depth']}  step {p['step']} of {int(p['total'])}: {frac:.0%} of training",
-                     fontsize=8, loc="left", pad=2)
+        ax.set_title(f"VAR-d{p['depth']} ({p['run_id']}): step {p['step']} of {int(p['total'])}, "
+                     f"{frac:.0%} of training", fontsize=8, loc="left", pad=2)
         if j == 0 and not strips:
             ax.set_ylabel(f"d{p['depth']}", fontsize=9)
     return fig

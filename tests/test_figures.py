@@ -174,7 +174,7 @@ def test_fig7_labels_real_fractions_and_prefers_the_run_with_snapshots(tmp_path)
     fig = figures.fig7_samples(load(s), figures.sample_images(s))
     titles = [ax.get_title(loc="left") for ax in fig.axes]
     assert len(titles) == 5
-    assert any(f"step {int(0.96 * T3)} of {T3}: 96% of training" in tt for tt in titles)
+    assert any(f"step {int(0.96 * T3)} of {T3}, 96% of training" in tt for tt in titles)
     assert sum("20% of training" in tt for tt in titles) == 1
     # wide strips get one row each at the figure's full width
     w, h = fig.get_size_inches()
