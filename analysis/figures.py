@@ -331,19 +331,23 @@ def _row_fit(rep: dict, h: dict | None, reducible: bool) -> dict | None:
 
 
 def _floor_title(fig: Figure, floor: dict, used: list[str]) -> None:
+    """Two lines over a reducible figure: what E is, then each loss's E with its interval."""
+    if not used:
+        return
+    details = {floor[m].get("detail") or floor[m].get("source") for m in used}
     parts = []
     for m in used:
         f = floor[m]
-        s = f"{SYMBOL[m]}: E = {f['E']:.4g}"
-        if f.get("ci"):
-            s += f" {_ci(f['ci'], '.3g')}"
-        s += f" ({f.get('detail') or f.get('source')})"
+        s = f"{SYMBOL[m]}: E = {f['E']:.4g}" + (f" {_ci(f['ci'], '.3g')}" if f.get("ci") else "")
+        if len(details) > 1:
+            s += f" ({f.get('detail') or f.get('source')})"
         if f.get("resolved") is False:
             s += ", floor not resolved"
         parts.append(s)
-    if parts:
-        fig.suptitle("reducible loss L - E, one E per loss for the whole study; " + "; ".join(parts),
-                     fontsize=9)
+    head = "reducible loss L - E, one E per loss for the whole study"
+    if len(details) == 1:
+        head += f": {details.pop()}"
+    fig.suptitle(head + "\n" + ";  ".join(parts), fontsize=9)
 
 
 def _depth_legend(fig: Figure, colors: dict) -> None:
