@@ -208,7 +208,8 @@ def floor_table(rep: dict) -> pd.DataFrame:
     """One row per loss with a study-wide floor: E, its interval, source, detail."""
     rows = [{"metric": SYMBOL.get(m, m), "E": _num(f.get("E")), "95% CI": _ci(f.get("ci")),
              "source": f.get("source", ""), "detail": f.get("detail", ""),
-             "resolved": f.get("resolved")} for m, f in report_floor(rep).items()]
+             "resolved": f.get("resolved")} for m, f in sorted(report_floor(rep).items(),
+                                                                key=lambda kv: LOSSES.index(kv[0]))]
     return pd.DataFrame(rows, columns=["metric", "E", "95% CI", "source", "detail", "resolved"])
 
 
