@@ -87,26 +87,22 @@ class Fit:
         raise AttributeError(name)
 
     def equation(self) -> str:
-        p = self.params
-        if self.form == "power":
-            return f"y = ({p['k']:.3g} x)^{p['alpha']:.3g}"
-        if self.form == "saturating":
-            return f"y = {p['E']:.3g} + ({p['x0']:.3g}/x)^{p['alpha']:.3g}"
-        if self.form == "chinchilla":
-            return (f"L = {p['E']:.3g} + {p['A']:.4g}/N^{p['alpha']:.3g}"
-                    f" + {p['B']:.4g}/D^{p['beta']:.3g}")
-        return ", ".join(f"{k}={v:.3g}" for k, v in p.items())
+        """The fitted law as text, written by the form registered as ``self.form``."""
+        from .forms import get
+
+        form = get(self.form)
+        if form is None:
+            return ", ".join(f"{k}={v:.3g}" for k, v in self.params.items())
+        return form.equation(self.params)
 
     def predict(self, x, d=None) -> np.ndarray:
         """The fitted law at x (power, saturating, isoflop) or at (N, D) (chinchilla)."""
-        p = self.params
-        x = np.asarray(x, dtype=float)
-        if self.form == "chinchilla":
-            d = np.asarray(d, dtype=float)
-            return p["E"] + p["A"] / x ** p["alpha"] + p["B"] / d ** p["beta"]
-        if self.form == "saturating":
-            return p["E"] + (p["x0"] / x) ** p["alpha"]
-        return np.exp(p["b"] + p["alpha"] * np.log(x))
+        from .forms import get
+
+        form = get(self.form)
+        if form is None:
+            raise ValueError(f"Fit.predict: no fit form named {self.form!r} (analysis/forms)")
+        return form.predict(self.params, x, d)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean({

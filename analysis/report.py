@@ -24,10 +24,9 @@ import pandas as pd
 from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
 
 from .bootstrap import DEFAULT_BOOT, Fit
-from .chinchilla import extrapolation_check_chinchilla, fit_chinchilla, isoflop
-from .frontier import annealed_rows, fit_frontier
+from . import forms
+from .frontier import annealed_rows
 from .load import LOSSES, METRICS, cells, final_rows, floors, is_stable_run, load, usable_floors
-from .powerlaw import extrapolation_check, fit_power_law, fit_saturating
 
 SHORT = {"test_loss_last": "L_last", "test_loss_avg": "L_avg", "test_err_last": "Err_last",
          "test_err_avg": "Err_avg"}
@@ -40,12 +39,13 @@ def _short(metric: str) -> str:
 
 
 def _approach3(fr, x_col: str, n_boot: int, seed: int) -> dict:
-    """Chinchilla Approach 3 per loss metric on the finished runs ({} when N and D do not both
-    vary over >= 6 runs). Fitted once: its E is also the floor of ``floor_from="chinchilla"``."""
-    if not len(fr) or fr[x_col].nunique() < 2 or fr["tokens_seen"].nunique() < 2 or len(fr) < 6:
+    """Chinchilla Approach 3 per loss metric on the finished runs ({} when the form's
+    eligibility says no). Fitted once: its E is also the floor of ``floor_from="chinchilla"``."""
+    form = forms.FORMS["chinchilla"]
+    s = forms.Slice(fr, group="final evaluations", x_col=x_col, n_boot=n_boot, seed=seed)
+    if form.eligible(s) is not None:
         return {}
-    return {m: fit_chinchilla(fr[x_col], fr["tokens_seen"], fr[m], groups=fr["run_id"], n_boot=n_boot,
-                              seed=seed, metric=m, group="final evaluations") for m in LOSSES}
+    return {m: form.fit(s, m)[0] for m in form.metrics}
 
 
 def chinchilla_floors(chin: dict, df) -> dict[str, float]:
@@ -65,6 +65,7 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
               floor_from: str | None = None) -> dict:
     """Fit every law the study's cells allow; returns a JSON-ready dict (see module doc).
 
+    The laws are the registered fit forms (``analysis.forms.FORMS``), scope by scope.
     ``floor_from="chinchilla"`` subtracts, from each loss, the E of a Chinchilla fit over the
     finished runs (one number per metric, fitted once, not per slice): a reducible-loss view
     when the token-entropy floors are no floor (docs/analysis.md).
@@ -99,61 +100,46 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
     if unfinished:
         out["notes"].append(f"{unfinished} run(s) not finished (running, failed or diverged): "
                             "left out of the laws vs N, their evaluations still count on the frontier")
+    floors_ = {k: v for k, v in fl.items() if k in METRICS}
+    common = dict(x_col=x_col, c_col=c_col, n_boot=n_boot, seed=seed, floors=floors_, axis=axis,
+                  sections=out)
     fits: list[Fit] = []
     # --- per budget, final evaluations vs N
+    budget_forms = forms.of_scope("budget")
     for budget, g in fr.groupby("budget"):
-        label = f"{axis}={budget:.3g}"
-        sizes = g[x_col].nunique()
-        if sizes < 2:
-            out["notes"].append(f"{label}: {sizes} size(s) finished, no law vs N")
+        s = forms.Slice(g, group=f"{axis}={budget:.3g}", **common)
+        why = {f.name: f.eligible(s) for f in budget_forms}
+        if all(v is not None for v in why.values()):
+            out["notes"].append(f"{s.group}: {why[budget_forms[0].name]}")
             continue
         for m in METRICS:
-            y = g[m].to_numpy(float)
-            kw = dict(groups=g["run_id"], n_boot=n_boot, seed=seed, xname=x_col, group=label)
-            fits.append(fit_power_law(g[x_col], y, metric=m, **kw))
-            if m in fl:
-                fits.append(fit_power_law(g[x_col], y - fl[m], metric=f"{m} - {fl[m]:.4g}", **kw))
-            if m in LOSSES and sizes >= 4:
-                fits.append(fit_saturating(g[x_col], y, metric=m, **kw))
-            if sizes >= 3:
-                yy, mm = (y - fl[m], f"{m} - {fl[m]:.4g}") if m in fl else (y, m)
-                out["extrapolation"].append(extrapolation_check(g[x_col], yy, "power", g["run_id"],
-                                                                mm, x_col, label))
-                if m in LOSSES and sizes >= 5:
-                    out["extrapolation"].append(extrapolation_check(g[x_col], y, "saturating",
-                                                                    g["run_id"], m, x_col, label))
+            for f in budget_forms:
+                if why[f.name] is None and m in f.metrics:
+                    fits += f.fit(s, m)
+            for f in budget_forms:
+                if why[f.name] is None and m in f.metrics:
+                    out["extrapolation"] += f.extrapolate(s, m)
     # --- compute frontier over every evaluation of every cell (and, for WSD, of the annealed runs)
     ann = annealed_rows(df)
+    fronts = [forms.Slice(df, group="all evaluations", **common)]
+    if ann is not None:
+        fronts.append(forms.Slice(ann, group="annealed runs", **common))
     for m in METRICS:
-        fits.append(fit_frontier(df, x=c_col, y=m, n_boot=n_boot, seed=seed, group="all evaluations"))
-        if m in fl:
-            fits.append(fit_frontier(df, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed,
-                                     group="all evaluations"))
-        if ann is not None:
-            fits.append(fit_frontier(ann, x=c_col, y=m, n_boot=n_boot, seed=seed, group="annealed runs"))
-            if m in fl:
-                fits.append(fit_frontier(ann, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed,
-                                         group="annealed runs"))
-    # --- Chinchilla Approach 3 on final evaluations
-    if chin:
-        for m, f in chin.items():
-            fits.append(f)
-            out["extrapolation"].append(extrapolation_check_chinchilla(
-                fr[x_col], fr["tokens_seen"], fr[m], metric=m, group="final evaluations"))
-    else:
-        out["notes"].append("Approach 3 needs >= 6 finished runs with both N and D varying")
-    # --- Approach 2 for FLOP budgets with several depths
-    if axis == "budget_flops" and (fr.groupby("budget")[x_col].nunique() >= 3).sum() >= 2:
-        for m in LOSSES:
-            res = isoflop(fr[x_col], fr[c_col], fr[m], budgets=fr["budget"], groups=fr["run_id"],
-                          n_boot=n_boot, seed=seed, metric=m)
-            entry = {"metric": m, "parabolas": res["parabolas"], "warning": res.get("warning")}
-            for key in ("N_opt", "D_opt"):
-                if key in res:
-                    f = res[key]
-                    f.group = m
-                    fits.append(f)
-            out["isoflop"].append(entry)
+        for f in forms.of_scope("frontier"):
+            for s in fronts:
+                if m in f.metrics and f.eligible(s) is None:
+                    fits += f.fit(s, m)
+    # --- over every finished run: Chinchilla Approach 3 (fitted above), Approach 2
+    for f in forms.of_scope("study"):
+        s = forms.Slice(fr, group="final evaluations", **common)
+        why = f.eligible(s)
+        if why is not None:
+            if why:
+                out["notes"].append(why)
+            continue
+        for m in f.metrics:
+            fits += [chin[m]] if f.name == "chinchilla" else f.fit(s, m)
+            out["extrapolation"] += f.extrapolate(s, m)
     out["fits"] = [f.to_dict() for f in fits]
     return out
 
