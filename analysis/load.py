@@ -220,13 +220,13 @@ def usable_floors(fl: dict, df: pd.DataFrame) -> dict:
             if len(L) and (L.min(axis=0) > np.asarray(v)).all():
                 out[m] = v
             else:
-                warnings.warn("per-scale token-entropy floors are not below every per-scale loss; raw losses used")
+                warnings.warn("per-scale token-entropy floors are not below every per-scale loss; not used as a floor")
             continue
         if m in df and len(df) and np.nanmin(df[m].to_numpy(float)) > v:
             out[m] = v
         else:
             warnings.warn(f"floor {v:.4g} for {m} is not below every observed loss (it is a unigram "
-                          f"entropy, not a true floor); raw losses used")
+                          f"entropy, not a true floor); not used as a floor")
     return out
 
 

@@ -253,7 +253,7 @@ def test_floor_from_chinchilla_subtracts_one_fitted_E_everywhere(flops_study, mo
         assert "annealed runs" in groups and "all evaluations" in groups
         assert any(g.startswith("budget_flops=") for g in groups)
     with pytest.raises(ValueError, match="floor_from"):
-        report.fit_study(flops_study, n_boot=0, floor_from="entropy")
+        report.fit_study(flops_study, n_boot=0, floor_from="tokens")
 
 
 def test_a_new_form_is_one_module_and_one_registry_line(tmp_path, monkeypatch):

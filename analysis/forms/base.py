@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..bootstrap import Fit
+from ..bootstrap import Fit, StudyResample
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Slice:
     floors: dict[str, float] = field(default_factory=dict)  # the study-wide floor E per loss metric
     axis: str = "budget_flops"  # what the budgets are written in
     sections: dict[str, list] = field(default_factory=dict)  # report sections a form may add entries to
+    boot: StudyResample | None = None  # study-wide resamples of runs, for a form whose fit sets the floor
 
 
 class FitForm:

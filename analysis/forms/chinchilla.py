@@ -21,13 +21,25 @@ class Chinchilla(FitForm):
 
     def fit(self, s: Slice, metric: str):
         fr = s.data
+        # with study-wide resamples, E (the floor) moves with the laws fitted on L - E
+        W = s.boot.weights(fr["run_id"]) if s.boot is not None and s.n_boot else None
         return [fit_chinchilla(fr[s.x_col], fr["tokens_seen"], fr[metric], groups=fr["run_id"],
-                               n_boot=s.n_boot, seed=s.seed, metric=metric, group=s.group)]
+                               n_boot=s.n_boot, seed=s.seed, metric=metric, group=s.group, weights=W)]
 
     def extrapolate(self, s: Slice, metric: str):
+        # one entry per held-out run: each sits at its own D, so a mean over them hides which
+        # budget the law misses
         fr = s.data
-        return [extrapolation_check_chinchilla(fr[s.x_col], fr["tokens_seen"], fr[metric], metric=metric,
-                                               group=s.group)]
+        ex = extrapolation_check_chinchilla(fr[s.x_col], fr["tokens_seen"], fr[metric], metric=metric,
+                                            group=s.group, run_ids=fr["run_id"])
+        if "each" not in ex:
+            return [ex]
+        each = ex.pop("each")
+        out = []
+        for e in each:
+            out.append({**ex, "run_id": e["run_id"], "d_held_out": e["D"], "predicted": e["predicted"],
+                        "observed": e["observed"], "rel_error": e["rel_error"]})
+        return out
 
     def predict(self, params, x, d=None) -> np.ndarray:
         x, d = np.asarray(x, dtype=float), np.asarray(d, dtype=float)
