@@ -11,10 +11,12 @@ always fitted raw.
 Intervals: the resamples are a :class:`~analysis.bootstrap.StudyResample` of the whole
 study's runs; the Approach-3 fit that gives E is refitted on each of them, and each slice's
 law is refitted on the same resample's runs with that resample's E, so alpha's and r's
-intervals on reducible loss include the floor's. Leave-largest-out: the same law (E held at
-the study's floor) fitted without the largest model of a slice, or without the
-largest-compute point of a frontier, predicts the held-out loss itself (floor added back);
-the signed relative error is (predicted - observed) / observed.
+intervals on reducible loss include the floor's. Leave-largest-out: the same law fitted
+without the largest model of a slice, or without the largest-compute point of a frontier,
+predicts the held-out loss itself (floor added back); the signed relative error is
+(predicted - observed) / observed. An Approach-3 floor is then the E of Approach 3 refitted
+without the largest model (the fit of its own extrapolation check), so nothing of the
+held-out model enters the prediction; a token-entropy or hand floor is a given number.
 
 Nothing here writes files: ``analysis.report`` puts the rows into fits.json and fits.md.
 """
@@ -188,16 +190,17 @@ def lolo_slice(x, y, run_ids, E: float | None = None) -> dict[str, Any] | None:
     x, y = np.asarray(x, float), np.asarray(y, float)
     ids = np.asarray(run_ids).astype(str)
     E0 = 0.0 if E is None else float(E)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y - E0 > 0)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
     x, y, ids = x[ok], y[ok], ids[ok]
-    if len(np.unique(x)) < 3:
+    held = x == x.max() if x.size else np.zeros(0, bool)
+    use = ~held & (y - E0 > 0)
+    if len(np.unique(x[use])) < 2 or len(np.unique(x)) < 3:
         return None
-    held = x == x.max()
-    slope, b = _line(np.log(x[~held]), np.log(y[~held] - E0))
+    slope, b = _line(np.log(x[use]), np.log(y[use] - E0))
     pred = E0 + float(np.exp(b + slope * np.log(x.max())))
     obs = float(y[held].mean())
     return {"err": (pred - obs) / obs, "held_out": ", ".join(sorted(ids[held])), "x_held_out": float(x.max()),
-            "observed": obs, "predicted": pred}
+            "observed": obs, "predicted": pred, "E": E}
 
 
 def lolo_frontier(x, y, run_ids, E: float | None = None) -> dict[str, Any] | None:
@@ -206,18 +209,19 @@ def lolo_frontier(x, y, run_ids, E: float | None = None) -> dict[str, Any] | Non
     x, y = np.asarray(x, float), np.asarray(y, float)
     ids = np.asarray(run_ids).astype(str)
     E0 = 0.0 if E is None else float(E)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y - E0 > 0)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
     x, y, ids = x[ok], y[ok], ids[ok]
-    m = pareto_mask(x, y - E0)
-    if m.sum() < 3:
-        return None
+    m = pareto_mask(x, y)  # the frontier of y - E for any constant E
     xf, yf, idf = x[m], y[m], ids[m]
     o = np.argsort(xf)
     xf, yf, idf = xf[o], yf[o], idf[o]
-    slope, b = _line(np.log(xf[:-1]), np.log(yf[:-1] - E0))
+    use = yf[:-1] - E0 > 0
+    if use.sum() < 2:
+        return None
+    slope, b = _line(np.log(xf[:-1][use]), np.log(yf[:-1][use] - E0))
     pred = E0 + float(np.exp(b + slope * np.log(xf[-1])))
     return {"err": (pred - yf[-1]) / yf[-1], "held_out": str(idf[-1]), "x_held_out": float(xf[-1]),
-            "observed": float(yf[-1]), "predicted": pred}
+            "observed": float(yf[-1]), "predicted": pred, "E": E}
 
 
 # --------------------------------------------------------------------------- best law

@@ -233,9 +233,15 @@ def _no_floor_reason(m: str, rule: str, ent: dict, chin: dict, fr, x_col: str) -
 def _headline(out: dict, slices, floor: dict, E_samples: dict, boot, x_col: str, c_col: str) -> None:
     """Fill ``headline`` and ``best_law`` from the fits already in ``out`` (see analysis/headline.py)."""
     index = {(f["form"], f["metric"], f["x"], f["group"]): i for i, f in enumerate(out["fits"])}
+    # an Approach-3 floor for leave-largest-out: E refitted without the largest model
+    E_wo = {e["metric"]: e["fit"]["params"]["E"] for e in out["extrapolation"]
+            if e["form"] == "chinchilla" and "fit" in e}
     rows, raw_lolo = [], {}
     for m in METRICS:
         E = floor[m]["E"] if m in floor else None
+        E_lolo = E_wo.get(m) if m in floor and floor[m]["source"] == "chinchilla" else E
+        if E_lolo is None or not math.isfinite(E_lolo):
+            E_lolo = E
         Es = E_samples.get(m)
         if Es is not None and (boot is None or len(Es) != boot.n_boot):
             Es = None
@@ -246,7 +252,7 @@ def _headline(out: dict, slices, floor: dict, E_samples: dict, boot, x_col: str,
                 pts = d[[x_col, m, "run_id"]].dropna()
                 x, y, ids = pts[x_col].to_numpy(float), pts[m].to_numpy(float), pts["run_id"]
                 ci = H.slice_intervals(x, y, ids, boot, E, Es)
-                lolo = H.lolo_slice(x, y, ids, E)
+                lolo = H.lolo_slice(x, y, ids, E_lolo)
                 if E is not None and m in LOSSES:
                     lr = H.lolo_slice(x, y, ids, None)
                     if lr:
@@ -256,7 +262,7 @@ def _headline(out: dict, slices, floor: dict, E_samples: dict, boot, x_col: str,
                 pts = d[[c_col, m, "run_id"]].dropna()
                 x, y, ids = pts[c_col].to_numpy(float), pts[m].to_numpy(float), pts["run_id"]
                 ci = H.frontier_intervals(x, y, ids, boot, E, Es)
-                lolo = H.lolo_frontier(x, y, ids, E)
+                lolo = H.lolo_frontier(x, y, ids, E_lolo)
             i = index.get(("power", label, xname, group))
             i_raw = index.get(("power", m, xname, group))
             if i is None or i_raw is None:
@@ -268,7 +274,7 @@ def _headline(out: dict, slices, floor: dict, E_samples: dict, boot, x_col: str,
                          "r": f["r"], "r_ci": ci.get("r_ci"), "r_raw": fraw["r"],
                          "n": f["n"], "n_boot": ci.get("n_boot", 0),
                          "lolo": None if lolo is None else {k: lolo[k] for k in
-                                                            ("err", "held_out", "observed", "predicted")}})
+                                                            ("err", "held_out", "observed", "predicted", "E")}})
     out["headline"] = rows
     out["best_law"] = H.best_laws(rows, out["extrapolation"], raw_lolo)
 

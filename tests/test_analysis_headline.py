@@ -54,7 +54,7 @@ def test_headline_rows_follow_the_contract(known):
         else:
             assert r["quantity"] == "raw" and r["fit"] == r["fit_raw"]
         assert r["alpha_ci"][0] <= r["alpha"] <= r["alpha_ci"][1]
-        assert set(r["lolo"]) == {"err", "held_out", "observed", "predicted"}
+        assert set(r["lolo"]) == {"err", "held_out", "observed", "predicted", "E"}
     for r in rows:
         if r["kind"] == "N" and r["quantity"] == "reducible":
             assert r["r"] <= -0.999 and abs(r["lolo"]["err"]) < 0.01
