@@ -156,8 +156,10 @@ def _fit_study(study_dir, n_boot, seed, floor_last, floor_avg, use_floor, x_col,
             out["notes"].append(_no_floor_reason(m, rule if use_floor else "none", floors(study_dir), chin,
                                                  fr, x_col))
         elif floor[m]["resolved"] is False:
+            z = floor[m].get("share_at_zero")
             out["notes"].append(f"{SHORT[m]}: floor not resolved: the 95% interval of E "
-                                f"[{floor[m]['ci'][0]:.3g}, {floor[m]['ci'][1]:.3g}] reaches 0")
+                                f"[{floor[m]['ci'][0]:.3g}, {floor[m]['ci'][1]:.3g}] reaches below E/2"
+                                + (f"; {100 * z:.1f}% of resamples put E at 0" if z else ""))
     if chin and n_chin != n_boot:
         out["notes"].append(f"Approach 3 bootstrapped with {n_chin} resamples, not the study's {n_boot}: "
                             "headline intervals hold E fixed")
@@ -390,7 +392,7 @@ def format_terminal(report: dict) -> str:
     w = [max(len(HEAD[i]), *(len(r[i]) for r in rows)) if rows else len(HEAD[i]) for i in range(len(HEAD))]
     w[-1] = len(HEAD[-1])
     line = lambda r: "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
-    out = [format_headline(report), "", "every fit (" + _floor_caption(report) + "):",
+    out = [format_headline(report), "", "every fit; " + _floor_caption(report),
            line(HEAD), line(["-" * x for x in w])] + [line(r) for r in rows]
     out += _extrap_lines(report)
     out += [textwrap.fill(f"note: {n}", 100, subsequent_indent="      ") for n in report["notes"]]
@@ -405,7 +407,7 @@ def _extrap_lines(report: dict) -> list[str]:
     ex = [e for e in report["extrapolation"] if "rel_error" in e]
     if not ex:
         return []
-    lines = ["", "extrapolation (fit without the largest model, predict it; " + _floor_caption(report) + "):"]
+    lines = ["", "extrapolation (fit without the largest model, predict it); " + _floor_caption(report)]
     for e in ex:
         lines.append(f"  {e['form']:<10} {_short(e['metric']):<22} {e['group']:<22} {_held(e)}"
                      f"N={e['x_held_out']:.3g} predicted {e['predicted']:.4g} observed "
@@ -415,6 +417,8 @@ def _extrap_lines(report: dict) -> list[str]:
 
 def _resolved(d: dict) -> str:
     r = d.get("resolved")
+    if r is False and d.get("share_at_zero"):
+        return f"no: floor not resolved ({100 * d['share_at_zero']:.1f}% of resamples at E = 0)"
     return "yes" if r else "unknown (no bootstrap)" if r is None else "no: floor not resolved"
 
 
