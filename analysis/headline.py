@@ -149,6 +149,7 @@ def slice_intervals(x, y, run_ids, boot: StudyResample, E: float | None = None,
     slope, r = _loglog_rows(np.log(x), LY, W)
     bad = (nx < 2) | ~np.isfinite(Eb)
     slope[bad], r[bad] = np.nan, np.nan
+    r[nx < 3] = np.nan  # two sizes give r = -1 by construction, which is no evidence for the law
     return _intervals(slope, r)
 
 
@@ -176,12 +177,13 @@ def frontier_intervals(x, y, run_ids, boot: StudyResample, E: float | None = Non
 
 
 def _intervals(slope: np.ndarray, r: np.ndarray) -> dict[str, Any]:
-    ok = np.isfinite(slope) & np.isfinite(r)
-    if not ok.any():
-        return {"n_boot": 0}
-    lo, hi = percentile_ci(np.stack([slope[ok], r[ok]], 1), CI_LEVEL)
-    return {"alpha_ci": [float(lo[0]), float(hi[0])], "r_ci": [float(lo[1]), float(hi[1])],
-            "n_boot": int(ok.sum())}
+    out: dict[str, Any] = {"n_boot": int(np.isfinite(slope).sum())}
+    for name, v in (("alpha_ci", slope), ("r_ci", r)):
+        ok = np.isfinite(v)
+        if ok.any():
+            lo, hi = percentile_ci(v[ok][:, None], CI_LEVEL)
+            out[name] = [float(lo[0]), float(hi[0])]
+    return out
 
 
 # --------------------------------------------------------------------------- leave-largest-out
