@@ -392,7 +392,7 @@ def format_terminal(report: dict) -> str:
     w = [max(len(HEAD[i]), *(len(r[i]) for r in rows)) if rows else len(HEAD[i]) for i in range(len(HEAD))]
     w[-1] = len(HEAD[-1])
     line = lambda r: "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
-    out = [format_headline(report), "", "every fit; " + _floor_caption(report),
+    out = [format_headline(report), "", textwrap.fill("every fit; " + _floor_caption(report), 100),
            line(HEAD), line(["-" * x for x in w])] + [line(r) for r in rows]
     out += _extrap_lines(report)
     out += [textwrap.fill(f"note: {n}", 100, subsequent_indent="      ") for n in report["notes"]]
@@ -407,7 +407,10 @@ def _extrap_lines(report: dict) -> list[str]:
     ex = [e for e in report["extrapolation"] if "rel_error" in e]
     if not ex:
         return []
-    lines = ["", "extrapolation (fit without the largest model, predict it); " + _floor_caption(report)]
+    import textwrap
+
+    lines = ["", textwrap.fill("extrapolation (fit without the largest model, predict it); "
+                               + _floor_caption(report), 100)]
     for e in ex:
         lines.append(f"  {e['form']:<10} {_short(e['metric']):<22} {e['group']:<22} {_held(e)}"
                      f"N={e['x_held_out']:.3g} predicted {e['predicted']:.4g} observed "
