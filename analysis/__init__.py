@@ -8,6 +8,7 @@ Public API:
 - ``fit_chinchilla(N, D, L)`` Approach 3; ``isoflop(N, C, L)`` Approach 2;
 - ``extrapolation_check(x, y)`` fit without the largest model, predict it.
 Every fit returns a :class:`Fit` (params as attributes, ``ci``, ``n``, ``r``, ``warnings``).
+The report's laws are the fit forms registered by name in ``analysis.forms.FORMS``.
 Figures (matplotlib) and the report live in ``analysis.figures`` / ``analysis.report``;
 import those modules with ``from analysis.load import ...`` style paths, since the name
 ``analysis.load`` is the function.

@@ -35,6 +35,29 @@ def run_weights(groups: Sequence | np.ndarray | None, n: int, n_boot: int,
     return counts[:, inv].astype(np.float64)
 
 
+class StudyResample:
+    """One set of resamples of the whole study's runs, shared by fits that must move
+    together: the floor E (Approach 3 over the finished runs) and the laws on L - E of every
+    slice see the same draw of runs, so the laws' intervals carry the floor's uncertainty.
+    A slice holding fewer runs than the study gets a varying number of them per resample."""
+
+    def __init__(self, run_ids, n_boot: int, seed: int = 0):
+        self.ids = np.unique(np.asarray(run_ids).astype(str))
+        self.n_boot = int(n_boot)
+        G = len(self.ids)
+        rng = np.random.default_rng(seed)
+        self.counts = (rng.multinomial(G, np.full(G, 1.0 / G), size=self.n_boot).astype(np.float64)
+                       if G and self.n_boot else np.zeros((self.n_boot, G)))
+
+    def weights(self, run_ids) -> np.ndarray:
+        """(n_boot, n) weights of points belonging to ``run_ids`` (one id per point)."""
+        r = np.asarray(run_ids).astype(str).reshape(-1)
+        idx = np.searchsorted(self.ids, r)
+        if r.size and ((idx >= len(self.ids)) | (self.ids[np.minimum(idx, len(self.ids) - 1)] != r)).any():
+            raise ValueError("StudyResample.weights: a run id that is not in the study")
+        return self.counts[:, idx]
+
+
 def percentile_ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval over axis 0, ignoring resamples where the fit was undefined."""
     lo = 100 * (1 - level) / 2
@@ -77,6 +100,8 @@ class Fit:
     n_boot: int = 0  # resamples whose fit succeeded
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # bootstrap values per parameter (n_boot,), nan where a resample gave no fit; not written
+    samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __getattr__(self, name: str) -> Any:
         params = self.__dict__.get("params", {})
@@ -87,26 +112,22 @@ class Fit:
         raise AttributeError(name)
 
     def equation(self) -> str:
-        p = self.params
-        if self.form == "power":
-            return f"y = ({p['k']:.3g} x)^{p['alpha']:.3g}"
-        if self.form == "saturating":
-            return f"y = {p['E']:.3g} + ({p['x0']:.3g}/x)^{p['alpha']:.3g}"
-        if self.form == "chinchilla":
-            return (f"L = {p['E']:.3g} + {p['A']:.4g}/N^{p['alpha']:.3g}"
-                    f" + {p['B']:.4g}/D^{p['beta']:.3g}")
-        return ", ".join(f"{k}={v:.3g}" for k, v in p.items())
+        """The fitted law as text, written by the form registered as ``self.form``."""
+        from .forms import get
+
+        form = get(self.form)
+        if form is None:
+            return ", ".join(f"{k}={v:.3g}" for k, v in self.params.items())
+        return form.equation(self.params)
 
     def predict(self, x, d=None) -> np.ndarray:
         """The fitted law at x (power, saturating, isoflop) or at (N, D) (chinchilla)."""
-        p = self.params
-        x = np.asarray(x, dtype=float)
-        if self.form == "chinchilla":
-            d = np.asarray(d, dtype=float)
-            return p["E"] + p["A"] / x ** p["alpha"] + p["B"] / d ** p["beta"]
-        if self.form == "saturating":
-            return p["E"] + (p["x0"] / x) ** p["alpha"]
-        return np.exp(p["b"] + p["alpha"] * np.log(x))
+        from .forms import get
+
+        form = get(self.form)
+        if form is None:
+            raise ValueError(f"Fit.predict: no fit form named {self.form!r} (analysis/forms)")
+        return form.predict(self.params, x, d)
 
     def to_dict(self) -> dict[str, Any]:
         return _clean({
@@ -126,6 +147,7 @@ class Fit:
 
 def attach_ci(fit: Fit, names: Sequence[str], samples: np.ndarray, level: float = CI_LEVEL) -> None:
     """Store percentile intervals of bootstrap ``samples`` (n_boot, len(names)) on ``fit``."""
+    fit.samples = {nm: samples[:, i].copy() for i, nm in enumerate(names)}
     ok = np.isfinite(samples).all(1)
     fit.n_boot = int(ok.sum())
     if fit.n_boot == 0:

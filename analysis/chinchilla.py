@@ -140,7 +140,7 @@ def approach3(N, D, L, weights: np.ndarray | None = None, starts: np.ndarray | N
 def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
                    groups: Sequence | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0,
                    delta: float = HUBER_DELTA, metric: str = "loss", group: str = "",
-                   boot_starts: int = 4) -> Fit:
+                   boot_starts: int = 4, weights: np.ndarray | None = None) -> Fit:
     """Fit L = E + A/N^alpha + B/D^beta by Hoffmann's Approach 3.
 
     The whole 4,500-start grid runs batched; the best few starts are then polished with
@@ -149,12 +149,17 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
     ``boot_starts`` distinct minima of the full-data fit rather than the whole grid.
     Result params: E, A, B, alpha, beta, plus a_opt = beta/(alpha+beta) and
     b_opt = alpha/(alpha+beta), the exponents of compute-optimal N and D in C.
+    ``weights`` (n_boot, n) replaces the resamples by given ones (a ``StudyResample``'s, so
+    that E moves with the laws fitted on L - E); bootstrap values land in ``fit.samples``.
     """
     N, D, L = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (N, D, L))
     ok = np.isfinite(N) & np.isfinite(D) & np.isfinite(L) & (N > 0) & (D > 0) & (L > 0)
     N, D, L = N[ok], D[ok], L[ok]
     if groups is not None:
         groups = np.asarray(groups)[ok]
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)[:, ok]
+        n_boot = weights.shape[0]
     fit = Fit(form="chinchilla", metric=metric, x="N, D", group=group, n=int(L.size),
               n_runs=int(len(np.unique(groups)) if groups is not None else L.size))
     if L.size < 5:
@@ -199,7 +204,7 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
                 break
             if all(np.abs(grid.x[i] - s).max() > 0.05 for s in starts):
                 starts.append(grid.x[i])
-        W = run_weights(groups, L.size, n_boot, seed)
+        W = run_weights(groups, L.size, n_boot, seed) if weights is None else weights
         tb, fb, cb, _ = approach3(N, D, L, weights=W, starts=np.array(starts), delta=delta)
         samples = _derived(tb)
         samples[~np.isfinite(fb)] = np.nan
@@ -220,9 +225,10 @@ def _flag_bounds(fit: Fit, th: np.ndarray) -> None:
         fit.warnings.append("E at its bound 0: no irreducible loss resolved")
 
 
-def extrapolation_check_chinchilla(N, D, L, metric: str = "loss", group: str = "") -> dict:
+def extrapolation_check_chinchilla(N, D, L, metric: str = "loss", group: str = "", run_ids=None) -> dict:
     """Approach 3 without the largest model (every run at the largest N), then predict those
-    runs: the mean signed relative error (predicted - observed) / observed."""
+    runs: the mean signed relative error (predicted - observed) / observed, and under
+    ``each`` every held-out run on its own (run_id, D, predicted, observed, rel_error)."""
     N, D, L = (np.asarray(v, dtype=float).reshape(-1) for v in (N, D, L))
     held = N == N.max()
     out = {"form": "chinchilla", "metric": metric, "x": "N, D", "group": group}
@@ -231,9 +237,13 @@ def extrapolation_check_chinchilla(N, D, L, metric: str = "loss", group: str = "
     f = fit_chinchilla(N[~held], D[~held], L[~held], n_boot=0, metric=metric)
     pred = f.predict(N[held], D[held])
     rel = (pred - L[held]) / L[held]
+    ids = [None] * int(held.sum()) if run_ids is None else [str(r) for r in np.asarray(run_ids)[held]]
+    each = [{"run_id": i, "D": float(d), "predicted": float(p), "observed": float(o), "rel_error": float(e)}
+            for i, d, p, o, e in zip(ids, D[held], pred, L[held], rel)]
     return {**out, "x_held_out": float(N.max()), "x_max_fitted": float(N[~held].max()),
             "n_fit": f.n, "predicted": float(pred.mean()), "observed": float(L[held].mean()),
-            "rel_error": float(rel.mean()), "rel_error_each": rel.tolist(), "fit": f.to_dict()}
+            "rel_error": float(rel.mean()), "rel_error_each": rel.tolist(), "each": each,
+            "fit": f.to_dict()}
 
 
 # --------------------------------------------------------------------------- Approach 2

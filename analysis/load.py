@@ -143,22 +143,41 @@ def final_rows(df: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
 def budget_axis(df: pd.DataFrame, study_dir=None) -> str:
     """'budget_flops' or 'budget_tokens': what the study's budgets are written in.
 
-    From ``study.yaml`` when it loads; otherwise the column with fewer distinct values
-    (a tokens budget gives every depth the same token count but different FLOPs).
+    From the rows' ``budget_unit`` column; for parts written before that column existed,
+    from ``study.yaml``'s ``budgets.unit`` (default "flops", as the study config has it),
+    read as plain YAML so that analysis needs no config code; without either, the column
+    with fewer distinct values (a tokens budget gives every depth the same token count but
+    different FLOPs).
     """
-    if study_dir is not None:
-        try:
-            from varscale.config import load_study
-
-            cfg = load_study(study_dir)
-            return "budget_tokens" if cfg.budgets.unit == "tokens" else "budget_flops"
-        except Exception:
-            pass
+    unit = None
+    if "budget_unit" in df and df["budget_unit"].notna().any():
+        unit = str(df["budget_unit"].dropna().iloc[0])
+    elif study_dir is not None:
+        unit = study_unit(study_dir)
+    if unit is not None:
+        return "budget_tokens" if unit == "tokens" else "budget_flops"
     if not len(df) or "budget_tokens" not in df or df["budget_tokens"].isna().all():
         return "budget_flops"
     nf = df["budget_flops"].round(6).nunique() if "budget_flops" in df else 10**9
     nt = df["budget_tokens"].nunique()
     return "budget_tokens" if nt < nf else "budget_flops"
+
+
+def study_unit(study_dir) -> str | None:
+    """``budgets.unit`` of ``<study_dir>/study.yaml`` ("flops" when the file leaves it out);
+    None when there is no readable study.yaml."""
+    import yaml
+
+    p = StudyLayout.of(study_dir).study_yaml
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    budgets = raw.get("budgets")
+    unit = budgets.get("unit", "flops") if isinstance(budgets, dict) else "flops"
+    return str(unit)
 
 
 def budget_values(df: pd.DataFrame, study_dir=None) -> pd.Series:
@@ -200,13 +219,13 @@ def usable_floors(fl: dict, df: pd.DataFrame) -> dict:
             if len(L) and (L.min(axis=0) > np.asarray(v)).all():
                 out[m] = v
             else:
-                warnings.warn("per-scale token-entropy floors are not below every per-scale loss; raw losses used")
+                warnings.warn("per-scale token-entropy floors are not below every per-scale loss; not used as a floor")
             continue
         if m in df and len(df) and np.nanmin(df[m].to_numpy(float)) > v:
             out[m] = v
         else:
             warnings.warn(f"floor {v:.4g} for {m} is not below every observed loss (it is a unigram "
-                          f"entropy, not a true floor); raw losses used")
+                          f"entropy, not a true floor); not used as a floor")
     return out
 
 

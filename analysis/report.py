@@ -1,21 +1,34 @@
 """``varscale fit <study-dir>``: every scaling law of a study, as a table and as files.
 
-Fits (each with 95% bootstrap intervals over whole runs, n, and warnings):
+Opens with the headline (analysis/headline.py): one floor E per loss for the whole study
+(token entropy where it lies below every loss, else the E of one Approach-3 fit, with its
+interval), then per metric and slice (each budget; the compute frontier of all evaluations
+and, for a WSD study, of the annealed runs) alpha [95% CI], r of the headline quantity
+(reducible loss L - E; error rates and losses without a floor raw), r of the raw metric, and
+the leave-largest-out error; then which law predicts the largest model best. Then every fit
+(each with 95% bootstrap intervals over whole runs, n, and warnings), from the fit forms
+registered in ``analysis.forms``:
 - per budget (or token count), each finished run's final evaluation vs N: VAR's power law
-  for L_last, L_avg, Err_last, Err_avg; the reducible losses (minus the token-entropy floor);
-  the saturating form for the losses when there are at least 4 sizes;
+  for L_last, L_avg, Err_last, Err_avg, raw and on loss minus the floor; the saturating form
+  for the losses when there are at least 4 sizes;
 - on the compute frontier of all evaluations of all cells: the same metrics vs C_min
   (a warmup-stable-decay study also gets the frontier of its annealed runs' final evaluations);
 - Chinchilla's Approach 3 on the final evaluations when N and D both vary;
 - Approach 2 (IsoFLOP parabolas) for FLOP budgets with at least 3 depths;
-- extrapolation checks: fit without the largest model, predict it.
-Writes ``report/fits.json`` (everything) and ``report/fits.md`` (the table).
+- extrapolation checks: fit without the largest model, predict it (Approach 3: each held-out
+  run on its own).
+Warnings raised while fitting become one-line notes. Writes ``report/fits.json``
+(everything) and ``report/fits.md`` (the tables), each by an atomic rename (a crash leaves the
+previous report); a floor other than the default rule (``--floor-from``, ``--floor-last``,
+``--no-floor``) writes ``report/fits-floor-<source>.{json,md}`` instead, so the default report,
+which ``varscale run`` keeps while the finished cells are unchanged, is always the default rule's.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +36,17 @@ import pandas as pd
 
 from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
 
-from .bootstrap import DEFAULT_BOOT, Fit
-from .chinchilla import extrapolation_check_chinchilla, fit_chinchilla, isoflop
-from .frontier import annealed_rows, fit_frontier
+from . import forms
+from . import headline as H
+from .bootstrap import DEFAULT_BOOT, Fit, StudyResample
+from .frontier import annealed_rows
 from .load import LOSSES, METRICS, cells, final_rows, floors, is_stable_run, load, usable_floors
-from .powerlaw import extrapolation_check, fit_power_law, fit_saturating
 
-SHORT = {"test_loss_last": "L_last", "test_loss_avg": "L_avg", "test_err_last": "Err_last",
-         "test_err_avg": "Err_avg"}
+SHORT = H.SHORT
+FLOOR_RULES = ("auto", "entropy", "chinchilla")
+# fits.json's floor_source, as it was written before per-metric floors existed
+_OLD_SOURCE = {"token entropy": "tokens/meta.json", "chinchilla": "Chinchilla E over the finished runs",
+               "hand": "hand"}
 
 
 def _short(metric: str) -> str:
@@ -39,123 +55,230 @@ def _short(metric: str) -> str:
     return metric
 
 
-def _approach3(fr, x_col: str, n_boot: int, seed: int) -> dict:
-    """Chinchilla Approach 3 per loss metric on the finished runs ({} when N and D do not both
-    vary over >= 6 runs). Fitted once: its E is also the floor of ``floor_from="chinchilla"``."""
-    if not len(fr) or fr[x_col].nunique() < 2 or fr["tokens_seen"].nunique() < 2 or len(fr) < 6:
+def _approach3(fr, x_col: str, n_boot: int, seed: int, boot: StudyResample | None = None) -> dict:
+    """Chinchilla Approach 3 per loss metric on the finished runs ({} when the form's
+    eligibility says no). Fitted once: its E is the floor where the token entropy is none,
+    and with ``boot`` its resamples are the study's, so E moves with the laws on L - E."""
+    form = forms.FORMS["chinchilla"]
+    s = forms.Slice(fr, group="final evaluations", x_col=x_col, n_boot=n_boot, seed=seed, boot=boot)
+    if form.eligible(s) is not None:
         return {}
-    return {m: fit_chinchilla(fr[x_col], fr["tokens_seen"], fr[m], groups=fr["run_id"], n_boot=n_boot,
-                              seed=seed, metric=m, group="final evaluations") for m in LOSSES}
+    return {m: form.fit(s, m)[0] for m in form.metrics}
 
 
 def chinchilla_floors(chin: dict, df) -> dict[str, float]:
     """Per loss metric, the E of its Approach-3 fit where that is a floor (finite, > 0, below
     every observed value)."""
-    out: dict[str, float] = {}
-    for m, f in chin.items():
-        E = float(f.params.get("E", float("nan")))
-        if np.isfinite(E) and 0 < E < float(df[m].min()):
-            out[m] = E
+    return {m: d["E"] for m, d in H.choose_floors({}, chin, df, rule="chinchilla").items()}
+
+
+def _warning_notes(caught) -> list[str]:
+    """One line per distinct warning raised while fitting (where it came from, what it said)."""
+    out: list[str] = []
+    for w in caught:
+        msg = " ".join(str(w.message).split())
+        line = f"{w.category.__name__} ({Path(w.filename).name}:{w.lineno}): {msg}"
+        if len(line) > 240:
+            line = line[:237] + "..."
+        if line not in out:
+            out.append(line)
     return out
+
+
+def report_name(floor_from: str | None = None, use_floor: bool = True, hand: bool = False) -> str:
+    """``fits`` for the default floor rule, else ``fits-floor-<source>``."""
+    if hand:
+        return "fits-floor-hand"
+    if not use_floor:
+        return "fits-floor-none"
+    if floor_from in (None, "auto"):
+        return "fits"
+    return f"fits-floor-{floor_from}"
 
 
 def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: float | None = None,
               floor_avg: float | None = None, use_floor: bool = True, x_col: str = "n_params",
               c_col: str = "flops", chinchilla_boot: int | None = None,
               floor_from: str | None = None) -> dict:
-    """Fit every law the study's cells allow; returns a JSON-ready dict (see module doc).
+    """Fit every law the study's cells allow; returns a JSON-ready dict (see module doc and
+    docs/analysis.md; the headline keys are described in analysis/headline.py).
 
-    ``floor_from="chinchilla"`` subtracts, from each loss, the E of a Chinchilla fit over the
-    finished runs (one number per metric, fitted once, not per slice): a reducible-loss view
-    when the token-entropy floors are no floor (docs/analysis.md).
+    The floor rule (one E per loss metric, never per slice): ``floor_from`` None / "auto"
+    takes the token entropy where it lies below every loss, else the Approach-3 E;
+    "entropy" or "chinchilla" only that source; ``use_floor=False`` none;
+    ``floor_last`` / ``floor_avg`` by hand. Warnings raised while fitting become notes.
     """
-    if floor_from not in (None, "chinchilla"):
-        raise ValueError(f"floor_from: unknown source {floor_from!r}; valid: 'chinchilla'")
+    if floor_from not in (None, *FLOOR_RULES):
+        raise ValueError(f"floor_from: unknown source {floor_from!r}; valid: {', '.join(FLOOR_RULES)}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = _fit_study(study_dir, n_boot, seed, floor_last, floor_avg, use_floor, x_col, c_col,
+                         chinchilla_boot, floor_from or "auto")
+    out["notes"] += _warning_notes(caught)
+    return out
+
+
+def _fit_study(study_dir, n_boot, seed, floor_last, floor_avg, use_floor, x_col, c_col,
+               chinchilla_boot, rule) -> dict:
     df = load(study_dir)
     axis = df.attrs.get("budget_axis", "budget_flops")
     fr = final_rows(df) if len(df) else df
-    chin = _approach3(fr, x_col, n_boot if chinchilla_boot is None else chinchilla_boot, seed)
-    fl = usable_floors(floors(study_dir), df) if use_floor else {}
-    source = "tokens/meta.json" if fl else "none"
-    if floor_from == "chinchilla":
-        fl, source = chinchilla_floors(chin, df), "Chinchilla E over the finished runs"
-    if floor_last is not None:
-        fl["test_loss_last"] = float(floor_last)
-    if floor_avg is not None:
-        fl["test_loss_avg"] = float(floor_avg)
-    if floor_last is not None or floor_avg is not None:
-        source = "hand"
+    boot = StudyResample(df["run_id"], n_boot, seed) if len(df) and n_boot else None
+    n_chin = n_boot if chinchilla_boot is None else chinchilla_boot
+    chin = _approach3(fr, x_col, n_chin, seed, boot if n_chin == n_boot else None) if len(df) else {}
+    hand = {m: float(v) for m, v in (("test_loss_last", floor_last), ("test_loss_avg", floor_avg))
+            if v is not None}
+    entropy = usable_floors(floors(study_dir), df) if use_floor and rule in ("auto", "entropy") and len(df) else {}
+    floor = H.choose_floors(entropy, chin, df, rule=rule if use_floor else "none", hand=hand)
+    E_samples = {m: d.pop("samples", None) for m, d in floor.items()}
+    fl = {m: d["E"] for m, d in floor.items()}
+    sources = {d["source"] for d in floor.values()}
+    if not floor:
+        source = "none"
+    elif len(sources) == 1:
+        source = _OLD_SOURCE[sources.pop()]
+    else:
+        source = "; ".join(f"{m}: {_OLD_SOURCE[d['source']]}" for m, d in floor.items())
     info = cells(study_dir)
     states = info["state"].value_counts().to_dict() if len(info) else {}
     out: dict = {"study": str(study_dir), "cells": len(info), "states": states, "rows": len(df),
                  "budget_axis": axis, "x": x_col, "compute": c_col,
-                 "floors": {k: v for k, v in fl.items() if k in LOSSES},
-                 "floor_source": source,
-                 "n_boot": n_boot, "fits": [], "extrapolation": [], "isoflop": [], "notes": []}
+                 "floors": fl, "floor_source": source,
+                 "floor_rule": {"rule": rule if use_floor else "none", "hand": hand,
+                                "report": report_name(rule, use_floor, bool(hand))},
+                 "floor": floor, "n_boot": n_boot, "headline": [], "best_law": {},
+                 "fits": [], "extrapolation": [], "isoflop": [], "notes": []}
     if not len(df):
         out["notes"].append("no evaluations yet")
         return out
+    for m in LOSSES:
+        if m not in floor:
+            out["notes"].append(_no_floor_reason(m, rule if use_floor else "none", floors(study_dir), chin,
+                                                 fr, x_col))
+        elif floor[m]["resolved"] is False:
+            z = floor[m].get("share_at_zero")
+            out["notes"].append(f"{SHORT[m]}: floor not resolved: the 95% interval of E "
+                                f"[{floor[m]['ci'][0]:.3g}, {floor[m]['ci'][1]:.3g}] reaches below E/2"
+                                + (f"; {100 * z:.1f}% of resamples put E at 0" if z else ""))
+    if chin and n_chin != n_boot:
+        out["notes"].append(f"Approach 3 bootstrapped with {n_chin} resamples, not the study's {n_boot}: "
+                            "headline intervals hold E fixed")
     unfinished = df.loc[~is_stable_run(df), "run_id"].nunique() - fr["run_id"].nunique()
     if unfinished:
         out["notes"].append(f"{unfinished} run(s) not finished (running, failed or diverged): "
                             "left out of the laws vs N, their evaluations still count on the frontier")
+    common = dict(x_col=x_col, c_col=c_col, n_boot=n_boot, seed=seed, floors=fl, axis=axis,
+                  sections=out)
     fits: list[Fit] = []
+    slices: list[tuple[str, str, pd.DataFrame]] = []  # (kind, label, rows) for the headline
     # --- per budget, final evaluations vs N
+    budget_forms = forms.of_scope("budget")
     for budget, g in fr.groupby("budget"):
-        label = f"{axis}={budget:.3g}"
-        sizes = g[x_col].nunique()
-        if sizes < 2:
-            out["notes"].append(f"{label}: {sizes} size(s) finished, no law vs N")
+        s = forms.Slice(g, group=f"{axis}={budget:.3g}", **common)
+        why = {f.name: f.eligible(s) for f in budget_forms}
+        if all(v is not None for v in why.values()):
+            out["notes"].append(f"{s.group}: {why[budget_forms[0].name]}")
             continue
+        if why.get("power") is None:
+            slices.append(("N", s.group, g))
         for m in METRICS:
-            y = g[m].to_numpy(float)
-            kw = dict(groups=g["run_id"], n_boot=n_boot, seed=seed, xname=x_col, group=label)
-            fits.append(fit_power_law(g[x_col], y, metric=m, **kw))
-            if m in fl:
-                fits.append(fit_power_law(g[x_col], y - fl[m], metric=f"{m} - {fl[m]:.4g}", **kw))
-            if m in LOSSES and sizes >= 4:
-                fits.append(fit_saturating(g[x_col], y, metric=m, **kw))
-            if sizes >= 3:
-                yy, mm = (y - fl[m], f"{m} - {fl[m]:.4g}") if m in fl else (y, m)
-                out["extrapolation"].append(extrapolation_check(g[x_col], yy, "power", g["run_id"],
-                                                                mm, x_col, label))
-                if m in LOSSES and sizes >= 5:
-                    out["extrapolation"].append(extrapolation_check(g[x_col], y, "saturating",
-                                                                    g["run_id"], m, x_col, label))
+            for f in budget_forms:
+                if why[f.name] is None and m in f.metrics:
+                    fits += f.fit(s, m)
+            for f in budget_forms:
+                if why[f.name] is None and m in f.metrics:
+                    out["extrapolation"] += f.extrapolate(s, m)
     # --- compute frontier over every evaluation of every cell (and, for WSD, of the annealed runs)
     ann = annealed_rows(df)
+    fronts = [forms.Slice(df, group="all evaluations", **common)]
+    slices.append(("C", "all evaluations", df))
+    if ann is not None:
+        fronts.append(forms.Slice(ann, group="annealed runs", **common))
+        slices.append(("C", "annealed runs", ann))
     for m in METRICS:
-        fits.append(fit_frontier(df, x=c_col, y=m, n_boot=n_boot, seed=seed, group="all evaluations"))
-        if m in fl:
-            fits.append(fit_frontier(df, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed,
-                                     group="all evaluations"))
-        if ann is not None:
-            fits.append(fit_frontier(ann, x=c_col, y=m, n_boot=n_boot, seed=seed, group="annealed runs"))
-            if m in fl:
-                fits.append(fit_frontier(ann, x=c_col, y=m, floor=fl[m], n_boot=n_boot, seed=seed,
-                                         group="annealed runs"))
-    # --- Chinchilla Approach 3 on final evaluations
-    if chin:
-        for m, f in chin.items():
-            fits.append(f)
-            out["extrapolation"].append(extrapolation_check_chinchilla(
-                fr[x_col], fr["tokens_seen"], fr[m], metric=m, group="final evaluations"))
-    else:
-        out["notes"].append("Approach 3 needs >= 6 finished runs with both N and D varying")
-    # --- Approach 2 for FLOP budgets with several depths
-    if axis == "budget_flops" and (fr.groupby("budget")[x_col].nunique() >= 3).sum() >= 2:
-        for m in LOSSES:
-            res = isoflop(fr[x_col], fr[c_col], fr[m], budgets=fr["budget"], groups=fr["run_id"],
-                          n_boot=n_boot, seed=seed, metric=m)
-            entry = {"metric": m, "parabolas": res["parabolas"], "warning": res.get("warning")}
-            for key in ("N_opt", "D_opt"):
-                if key in res:
-                    f = res[key]
-                    f.group = m
-                    fits.append(f)
-            out["isoflop"].append(entry)
+        for f in forms.of_scope("frontier"):
+            for s in fronts:
+                if m in f.metrics and f.eligible(s) is None:
+                    fits += f.fit(s, m)
+    # --- over every finished run: Chinchilla Approach 3 (fitted above), Approach 2
+    for f in forms.of_scope("study"):
+        s = forms.Slice(fr, group="final evaluations", **common)
+        why = f.eligible(s)
+        if why is not None:
+            if why:
+                out["notes"].append(why)
+            continue
+        for m in f.metrics:
+            fits += [chin[m]] if f.name == "chinchilla" else f.fit(s, m)
+            out["extrapolation"] += f.extrapolate(s, m)
     out["fits"] = [f.to_dict() for f in fits]
+    _headline(out, slices, floor, E_samples, boot, x_col, c_col)
     return out
+
+
+def _no_floor_reason(m: str, rule: str, ent: dict, chin: dict, fr, x_col: str) -> str:
+    """Why loss ``m`` has no floor (so the output says which fallback it took)."""
+    if rule == "none":
+        return f"{SHORT[m]}: no floor (--no-floor): reported raw"
+    why = []
+    if rule in ("auto", "entropy"):
+        why.append("no token entropy in tokens/meta.json" if m not in ent else
+                   f"token entropy {ent[m]:.4g} is not below every loss")
+    if rule in ("auto", "chinchilla"):
+        if m not in chin:
+            why.append(forms.FORMS["chinchilla"].eligible(forms.Slice(fr, x_col=x_col)) or "no Approach 3 fit")
+        else:
+            why.append(f"the Approach-3 E {chin[m].params.get('E', float('nan')):.4g} is not below every loss")
+    return f"{SHORT[m]}: no floor ({'; '.join(why)}): reported raw"
+
+
+def _headline(out: dict, slices, floor: dict, E_samples: dict, boot, x_col: str, c_col: str) -> None:
+    """Fill ``headline`` and ``best_law`` from the fits already in ``out`` (see analysis/headline.py)."""
+    index = {(f["form"], f["metric"], f["x"], f["group"]): i for i, f in enumerate(out["fits"])}
+    # an Approach-3 floor for leave-largest-out: E refitted without the largest model
+    E_wo = {e["metric"]: e["fit"]["params"]["E"] for e in out["extrapolation"]
+            if e["form"] == "chinchilla" and "fit" in e}
+    rows, raw_lolo = [], {}
+    for m in METRICS:
+        E = floor[m]["E"] if m in floor else None
+        E_lolo = E_wo.get(m) if m in floor and floor[m]["source"] == "chinchilla" else E
+        if E_lolo is None or not math.isfinite(E_lolo):
+            E_lolo = E
+        Es = E_samples.get(m)
+        if Es is not None and (boot is None or len(Es) != boot.n_boot):
+            Es = None
+        label = m if E is None else f"{m} - {E:.4g}"
+        for kind, group, d in slices:
+            if kind == "N":
+                xname, sl = x_col, group
+                pts = d[[x_col, m, "run_id"]].dropna()
+                x, y, ids = pts[x_col].to_numpy(float), pts[m].to_numpy(float), pts["run_id"]
+                ci = H.slice_intervals(x, y, ids, boot, E, Es)
+                lolo = H.lolo_slice(x, y, ids, E_lolo)
+                if E is not None and m in LOSSES:
+                    lr = H.lolo_slice(x, y, ids, None)
+                    if lr:
+                        raw_lolo.setdefault(m, []).append((group, lr))
+            else:
+                xname, sl = f"{c_col} (frontier)", f"frontier ({group})"
+                pts = d[[c_col, m, "run_id"]].dropna()
+                x, y, ids = pts[c_col].to_numpy(float), pts[m].to_numpy(float), pts["run_id"]
+                ci = H.frontier_intervals(x, y, ids, boot, E, Es)
+                lolo = H.lolo_frontier(x, y, ids, E_lolo)
+            i = index.get(("power", label, xname, group))
+            i_raw = index.get(("power", m, xname, group))
+            if i is None or i_raw is None:
+                continue
+            f, fraw = out["fits"][i], out["fits"][i_raw]
+            rows.append({"metric": m, "short": SHORT[m], "slice": sl, "kind": kind,
+                         "quantity": "raw" if E is None else "reducible", "fit": i, "fit_raw": i_raw,
+                         "alpha": f["params"]["alpha"], "alpha_ci": ci.get("alpha_ci"),
+                         "r": f["r"], "r_ci": ci.get("r_ci"), "r_raw": fraw["r"],
+                         "n": f["n"], "n_boot": ci.get("n_boot", 0),
+                         "lolo": None if lolo is None else {k: lolo[k] for k in
+                                                            ("err", "held_out", "observed", "predicted", "E")}})
+    out["headline"] = rows
+    out["best_law"] = H.best_laws(rows, out["extrapolation"], raw_lolo)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -189,27 +312,155 @@ def table_rows(report: dict) -> list[list[str]]:
 HEAD = ["form", "metric", "x", "slice", "params [95% CI]", "r", "n (runs)", "warnings"]
 
 
+def _pct(v) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{100 * v:+.2f}%"
+
+
+def _ci(ci, fmt="{:.4f}") -> str:
+    return "" if not ci else "[" + ", ".join(fmt.format(v) for v in ci) + "]"
+
+
+def floor_lines(report: dict) -> list[str]:
+    """The floor of each loss, its source and interval (above every table)."""
+    fl = report.get("floor", {})
+    return [H.floor_line(m, fl.get(m)) for m in LOSSES]
+
+
+def _floor_caption(report: dict) -> str:
+    fl = report.get("floor", {})
+    parts = []
+    for m in LOSSES:
+        if m in fl:
+            d = fl[m]
+            parts.append(f"{SHORT[m]} E = {d['E']:.4g} ({d['source']}"
+                         + (", not resolved" if d.get("resolved") is False else "") + ")")
+        else:
+            parts.append(f"{SHORT[m]} no floor")
+    return "floor: " + "; ".join(parts)
+
+
+HL_HEAD = ["metric", "slice", "alpha [95% CI]", "r", "r raw", "lolo err"]
+
+
+def headline_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for h in report.get("headline", []):
+        q = h["short"] + ("-E" if h["quantity"] == "reducible" else "")
+        rows.append([q, h["slice"], f"{h['alpha']:.4f} {_ci(h['alpha_ci'])}".rstrip(),
+                     _rnum(h["r"]), _rnum(h["r_raw"]), _pct((h.get("lolo") or {}).get("err"))])
+    return rows
+
+
+def _rnum(v) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{v:.4f}"
+
+
+def best_law_lines(report: dict) -> list[str]:
+    out = []
+    for m, b in report.get("best_law", {}).items():
+        others = ", ".join(f"{k} {_pct(v['err'])}" for k, v in b["laws"].items() if k != b["law"])
+        out.append(f"  {SHORT[m]}: {b['law']}, worst error {_pct(b['err'])} "
+                   f"({'within' if b['within_3pct'] else 'NOT within'} 3%)")
+        if others:
+            out.append(f"    others: {others}")
+    return out
+
+
+def format_headline(report: dict, width: int = 100) -> str:
+    """The headline on the terminal, every line at most ``width`` columns."""
+    import textwrap
+
+    out = ["floor E (one per loss, for the whole study):"] + [f"  {x}" for x in floor_lines(report)]
+    rows = headline_rows(report)
+    if rows:
+        w = [max(len(HL_HEAD[i]), *(len(r[i]) for r in rows)) for i in range(len(HL_HEAD))]
+        line = lambda r: "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
+        out += ["", "headline: law of L - E per slice (error rates raw); r raw: the same law on the raw",
+                "metric; lolo err: fitted without the largest model (or frontier point), its loss predicted",
+                line(HL_HEAD), line(["-" * x for x in w])] + [line(r) for r in rows]
+    bl = best_law_lines(report)
+    if bl:
+        out += ["", "best law for the held-out largest model (its worst prediction):"] + bl
+    return "\n".join(textwrap.fill(x, width, subsequent_indent="    ") if len(x) > width else x
+                     for x in out)
+
+
 def format_terminal(report: dict) -> str:
+    import textwrap
+
     rows = table_rows(report)
     w = [max(len(HEAD[i]), *(len(r[i]) for r in rows)) if rows else len(HEAD[i]) for i in range(len(HEAD))]
     w[-1] = len(HEAD[-1])
     line = lambda r: "  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
-    out = [line(HEAD), line(["-" * x for x in w])] + [line(r) for r in rows]
+    out = [format_headline(report), "", textwrap.fill("every fit; " + _floor_caption(report), 100),
+           line(HEAD), line(["-" * x for x in w])] + [line(r) for r in rows]
     out += _extrap_lines(report)
-    out += [f"note: {n}" for n in report["notes"]]
+    out += [textwrap.fill(f"note: {n}", 100, subsequent_indent="      ") for n in report["notes"]]
     return "\n".join(out)
+
+
+def _held(e: dict) -> str:
+    return f"{e['run_id']} " if e.get("run_id") else ""
 
 
 def _extrap_lines(report: dict) -> list[str]:
     ex = [e for e in report["extrapolation"] if "rel_error" in e]
     if not ex:
         return []
-    lines = ["", "extrapolation (fit without the largest model, predict it):"]
+    import textwrap
+
+    lines = ["", textwrap.fill("extrapolation (fit without the largest model, predict it); "
+                               + _floor_caption(report), 100)]
     for e in ex:
-        lines.append(f"  {e['form']:<10} {_short(e['metric']):<22} {e['group']:<22} "
+        lines.append(f"  {e['form']:<10} {_short(e['metric']):<22} {e['group']:<22} {_held(e)}"
                      f"N={e['x_held_out']:.3g} predicted {e['predicted']:.4g} observed "
                      f"{e['observed']:.4g} error {100 * e['rel_error']:+.2f}%")
     return lines
+
+
+def _resolved(d: dict) -> str:
+    r = d.get("resolved")
+    if r is False and d.get("share_at_zero"):
+        return f"no: floor not resolved ({100 * d['share_at_zero']:.1f}% of resamples at E = 0)"
+    return "yes" if r else "unknown (no bootstrap)" if r is None else "no: floor not resolved"
+
+
+def _md_headline(report: dict) -> list[str]:
+    md = ["## Floor", "", "One E per loss metric for the whole study, subtracted everywhere the loss is "
+          "reported as reducible (token entropy where it lies below every loss, else the E of one "
+          "Chinchilla Approach-3 fit over all finished runs).", "",
+          "| loss | E | 95% CI | source | detail | resolved |", "|---|---|---|---|---|---|"]
+    fl = report.get("floor", {})
+    for m in LOSSES:
+        if m in fl:
+            d = fl[m]
+            md.append(f"| {SHORT[m]} | {d['E']:.4g} | {_ci(d['ci'], '{:.4g}') or 'none'} | {d['source']} | "
+                      f"{d['detail']} | {_resolved(d)} |")
+        else:
+            md.append(f"| {SHORT[m]} | none | | | reported raw | |")
+    hl = report.get("headline", [])
+    if hl:
+        md += ["", "## Headline", "", _floor_caption(report) + ". Quantity: reducible = L - E, raw = the "
+               "metric itself. lolo: the same law fitted without the largest model (budget slice) or the "
+               "largest-compute frontier point, predicting that loss (E added back): signed relative error.",
+               "", "| metric | slice | quantity | alpha [95% CI] | r [95% CI] | r raw | lolo held out | "
+               "observed | predicted | lolo err |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for h in hl:
+            lo = h.get("lolo") or {}
+            md.append(f"| {h['short']} | {h['slice']} | {h['quantity']} | {h['alpha']:.4f} {_ci(h['alpha_ci'])} | "
+                      f"{_rnum(h['r'])} {_ci(h['r_ci'])} | {_rnum(h['r_raw'])} | {lo.get('held_out', '')} | "
+                      f"{_num(lo.get('observed'))} | {_num(lo.get('predicted'))} | {_pct(lo.get('err'))} |")
+    bl = report.get("best_law", {})
+    if bl:
+        md += ["", "## Best law for the held-out largest model", "",
+               "Each law fitted without the largest model predicts it (per budget; Approach 3: each of its "
+               "runs at its own D); a law's error is its worst prediction.", "",
+               "| loss | best law | worst error | within 3% | every law (worst error) |", "|---|---|---|---|---|"]
+        for m, b in bl.items():
+            every = ", ".join(f"{k} {_pct(v['err'])}" for k, v in b["laws"].items())
+            md.append(f"| {SHORT[m]} | {b['law']} | {_pct(b['err'])} | {'yes' if b['within_3pct'] else 'no'} | "
+                      f"{every} |")
+    return md
 
 
 def format_markdown(report: dict) -> str:
@@ -217,20 +468,23 @@ def format_markdown(report: dict) -> str:
           f"{report['cells']} cells ({', '.join(f'{k}: {v}' for k, v in report['states'].items())}), "
           f"{report['rows']} evaluations; x = `{report['x']}`, compute = `{report['compute']}`; "
           f"budgets by `{report['budget_axis']}`; floors {report['floors'] or 'none'} "
-          f"({report['floor_source']}); {report['n_boot']} bootstrap resamples over runs.", "",
-          "VAR form: y = (k x)^alpha; saturating: y = E + (x0/x)^alpha; "
-          "chinchilla: L = E + A/N^alpha + B/D^beta.", "",
-          "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+          f"({report['floor_source']}); {report['n_boot']} bootstrap resamples over runs.", ""]
+    md += _md_headline(report)
+    md += ["", "## Every fit", "", _floor_caption(report) + ".", "",
+           "VAR form: y = (k x)^alpha; saturating: y = E + (x0/x)^alpha; "
+           "chinchilla: L = E + A/N^alpha + B/D^beta.", "",
+           "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in table_rows(report):
         md.append("| " + " | ".join(c.replace("|", "/") for c in r) + " |")
     ex = [e for e in report["extrapolation"] if "rel_error" in e]
     if ex:
-        md += ["", "## Extrapolation checks", "",
-               "| form | metric | slice | held-out N | predicted | observed | signed error |",
-               "|---|---|---|---|---|---|---|"]
+        md += ["", "## Extrapolation checks", "", _floor_caption(report) + ".", "",
+               "| form | metric | slice | held-out run | held-out N | predicted | observed | signed error |",
+               "|---|---|---|---|---|---|---|---|"]
         for e in ex:
-            md.append(f"| {e['form']} | {_short(e['metric'])} | {e['group']} | {e['x_held_out']:.3g} | "
-                      f"{e['predicted']:.4g} | {e['observed']:.4g} | {100 * e['rel_error']:+.2f}% |")
+            md.append(f"| {e['form']} | {_short(e['metric'])} | {e['group']} | {e.get('run_id') or ''} | "
+                      f"{e['x_held_out']:.3g} | {e['predicted']:.4g} | {e['observed']:.4g} | "
+                      f"{100 * e['rel_error']:+.2f}% |")
     for iso in report["isoflop"]:
         md += ["", f"## IsoFLOP parabolas ({_short(iso['metric'])})", "",
                "| budget | N_opt | L_opt | warning |", "|---|---|---|---|"]
@@ -242,11 +496,14 @@ def format_markdown(report: dict) -> str:
 
 
 def write_report(report: dict, study_dir) -> tuple[Path, Path]:
+    """``report/<name>.json`` and ``.md``, <name> from ``report["floor_rule"]["report"]``
+    (``fits`` for the default floor rule), each written by an atomic rename."""
     rd = StudyLayout.of(study_dir).report_dir
     rd.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(rd / "fits.json", report)
-    atomic_write_bytes(rd / "fits.md", format_markdown(report).encode())
-    return rd / "fits.json", rd / "fits.md"
+    name = report.get("floor_rule", {}).get("report", "fits")
+    atomic_write_json(rd / f"{name}.json", report)
+    atomic_write_bytes(rd / f"{name}.md", format_markdown(report).encode())
+    return rd / f"{name}.json", rd / f"{name}.md"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,11 +511,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("study_dir", help="runs/<study>")
     ap.add_argument("--n-boot", type=int, default=DEFAULT_BOOT, help="bootstrap resamples (0: none)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--floor-last", type=float, help="irreducible last-scale loss by hand (nats)")
-    ap.add_argument("--floor-avg", type=float, help="irreducible all-scale loss by hand (nats)")
-    ap.add_argument("--no-floor", action="store_true", help="ignore tokens/meta.json entropies")
-    ap.add_argument("--floor-from", choices=["chinchilla"],
-                    help="subtract the E of a Chinchilla fit over the finished runs from each loss")
+    ap.add_argument("--floor-last", type=float,
+                    help="irreducible last-scale loss by hand (nats); writes report/fits-floor-hand.*")
+    ap.add_argument("--floor-avg", type=float,
+                    help="irreducible all-scale loss by hand (nats); writes report/fits-floor-hand.*")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="no floor: every loss raw; writes report/fits-floor-none.*")
+    ap.add_argument("--floor-from", choices=list(FLOOR_RULES), default="auto",
+                    help="the floor's source: auto (default: token entropy where it lies below every loss, "
+                         "else the Approach-3 E), entropy, chinchilla; other than auto writes "
+                         "report/fits-floor-<source>.*")
     ap.add_argument("--x", default="n_params",
                     choices=["n_params", "n_params_blocks", "n_params_nonembedding"])
     ap.add_argument("--compute", default="flops", choices=["flops", "flops_6nd"])

@@ -76,14 +76,17 @@ def make_study(root: str | Path, depths: Sequence[int] = (2, 3, 4, 6, 8),
                budgets: Sequence[float] = (1e8, 1e9), unit: str = "tokens",
                seeds: Sequence[int] = (0,), law: SyntheticLaw | None = None, n_evals: int = 8,
                rng_seed: int = 0, study: str = "synthetic", running: int = 0,
-               failed: int = 0, pending: int = 0, tokens_per_step: int = 64 * 91) -> Path:
+               failed: int = 0, pending: int = 0, tokens_per_step: int = 64 * 91,
+               entropy_shift: float = 0.0) -> Path:
     """Write a study folder under ``root`` and return it.
 
     ``unit="tokens"``: every depth of a budget sees the same number of training tokens;
     ``"flops"``: an IsoFLOP design where tokens = budget / (6 N). ``running``, ``failed`` and
     ``pending`` turn that many of the last cells into a partial study (a running cell has
     only its first evaluations and no record; a failed one a few rows; a pending one only
-    status.json).
+    status.json). ``entropy_shift`` (nats) is added to the token entropies written to
+    ``tokens/meta.json``: a positive shift puts them above the losses, as the unigram entropy of
+    a real token cache is (the default study's), so the floor has to come from the data.
     """
     law = law or SyntheticLaw()
     root = Path(root)
@@ -95,9 +98,9 @@ def make_study(root: str | Path, depths: Sequence[int] = (2, 3, 4, 6, 8),
     w = law.weights()
     atomic_write_json(layout.tokens_dir / "meta.json", {
         "patch_nums": list(law.patch_nums), "V": 4096,
-        "entropy_by_scale": floors.tolist(),
-        "entropy_avg": float((floors * n_img).sum() / n_img.sum()),
-        "entropy_last": float(floors[-1]),
+        "entropy_by_scale": (floors + entropy_shift).tolist(),
+        "entropy_avg": float((floors * n_img).sum() / n_img.sum()) + entropy_shift,
+        "entropy_last": float(floors[-1]) + entropy_shift,
         "synthetic": True,
     })
     red_ref = law.reducible(1e6, 1e8)

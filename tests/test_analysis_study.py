@@ -170,26 +170,53 @@ def test_public_api():
     assert f.alpha == pytest.approx(-1) and f.k == pytest.approx(1) and f.r == pytest.approx(-1)
 
 
-def test_analysis_imports_no_torch(tmp_path):
-    # import every submodule, then use the study path end to end (load reads study.yaml
-    # through varscale.config): still no torch or deepspeed in sys.modules
+def test_analysis_imports_no_torch_nor_config(tmp_path):
+    # import every submodule, then use the study path end to end (load reads study.yaml's
+    # budget unit as plain YAML): no torch, deepspeed or varscale.config in sys.modules
     import shutil
     from pathlib import Path
 
     study = synthetic.make_study(tmp_path / "nt", depths=(2, 3, 4), budgets=(1e7,), n_evals=3)
     shutil.copy(Path(__file__).resolve().parents[1] / "runs" / "ci-tiny" / "study.yaml", study)
     code = ("import sys, pkgutil, importlib, analysis\n"
-            "for m in pkgutil.iter_modules(analysis.__path__):\n"
-            "    importlib.import_module('analysis.' + m.name)\n"
+            "for m in pkgutil.walk_packages(analysis.__path__, 'analysis.'):\n"
+            "    importlib.import_module(m.name)\n"
             "from analysis import report\n"
             f"rep = report.fit_study({str(study)!r}, n_boot=0)\n"
             "assert rep['fits'] and rep['budget_axis'] == 'budget_flops', rep['budget_axis']\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed')]\n"
+            "bad += [m for m in sys.modules if m.startswith('varscale.') and m != 'varscale.schema']\n"
             "assert not bad, bad\n"
             "print(len(list(pkgutil.iter_modules(analysis.__path__))))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.strip().splitlines()[-1]) >= 8
+
+
+def test_budget_axis_from_rows_then_study_yaml(tmp_path):
+    # tokens budget: every depth the same tokens, so the columns alone would say tokens
+    df = pd.DataFrame({"budget_tokens": [1e6, 1e6], "budget_flops": [1e12, 2e12]})
+    assert L.budget_axis(df) == "budget_tokens"
+    assert L.budget_axis(df.assign(budget_unit="flops")) == "budget_flops"  # the rows say so
+    (tmp_path / "study.yaml").write_text("name: x\nbudgets:\n  values: [1.0e+12]\n")
+    assert L.budget_axis(df, tmp_path) == "budget_flops"  # the config's default unit
+    (tmp_path / "study.yaml").write_text("budgets: {unit: tokens, values: [1.0e+6]}\n")
+    assert L.budget_axis(df.assign(budget_unit=None), tmp_path) == "budget_tokens"
+
+
+def test_every_fit_form_is_registered_with_its_parts():
+    from analysis import forms
+
+    assert list(forms.FORMS) == ["power", "saturating", "frontier", "chinchilla", "isoflop"]
+    for name, f in forms.FORMS.items():
+        assert f.name == name and f.scope in ("budget", "frontier", "study")
+    p = {"k": 2.0, "alpha": -0.5, "b": -0.5 * np.log(2.0)}
+    fit = analysis.Fit(form="power", params=p)
+    assert fit.predict([8.0])[0] == pytest.approx(0.25) and fit.equation() == "y = (2 x)^-0.5"
+    c = analysis.Fit(form="chinchilla", params={"E": 1.0, "A": 4.0, "alpha": 0.5, "B": 9.0, "beta": 0.5})
+    assert c.predict([4.0], [9.0])[0] == pytest.approx(6.0)
+    s = forms.Slice(pd.DataFrame({"n_params": [1e6], "run_id": ["a"]}))
+    assert "1 size(s)" in forms.FORMS["power"].eligible(s)
 
 
 def test_annealed_frontier_uses_only_decayed_finals():
@@ -226,4 +253,40 @@ def test_floor_from_chinchilla_subtracts_one_fitted_E_everywhere(flops_study, mo
         assert "annealed runs" in groups and "all evaluations" in groups
         assert any(g.startswith("budget_flops=") for g in groups)
     with pytest.raises(ValueError, match="floor_from"):
-        report.fit_study(flops_study, n_boot=0, floor_from="entropy")
+        report.fit_study(flops_study, n_boot=0, floor_from="tokens")
+
+
+def test_a_new_form_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
+    # the worked example of docs/extending.md ("Adding a fit form"), registered for this test
+    from analysis import forms, report
+    from analysis.forms.base import FitForm
+
+    class LogLinear(FitForm):
+        name, scope, metrics = "loglinear", "budget", ("test_err_last", "test_err_avg")
+
+        def eligible(self, s):
+            sizes = s.data[s.x_col].nunique()
+            return None if sizes >= 3 else f"{sizes} size(s): the log-linear law needs 3"
+
+        def fit(self, s, metric):
+            lx = np.log(s.data[s.x_col].to_numpy(float))
+            y = s.data[metric].to_numpy(float)
+            c, a = np.polyfit(lx, y, 1)
+            return [analysis.Fit(form=self.name, metric=metric, x=s.x_col, group=s.group, n=len(y),
+                                 n_runs=s.data["run_id"].nunique(), params={"a": float(a), "c": float(c)},
+                                 r=float(np.corrcoef(lx, y)[0, 1]))]
+
+        def predict(self, params, x, d=None):
+            return params["a"] + params["c"] * np.log(np.asarray(x, dtype=float))
+
+        def equation(self, params):
+            return f"y = {params['a']:.3g} + {params['c']:.3g} log x"
+
+    monkeypatch.setitem(forms.FORMS, "loglinear", LogLinear())
+    study = synthetic.make_study(tmp_path / "ll", depths=(2, 3, 4), budgets=(1e7,), n_evals=3)
+    rep = report.fit_study(study, n_boot=0)
+    ll = [f for f in rep["fits"] if f["form"] == "loglinear"]
+    assert [f["metric"] for f in ll] == ["test_err_last", "test_err_avg"]
+    assert ll[0]["equation"].endswith("log x") and "| loglinear |" in report.format_markdown(rep)
+    p = ll[0]["params"]
+    assert forms.get("loglinear").predict(p, [1e6])[0] == pytest.approx(p["a"] + p["c"] * np.log(1e6))
