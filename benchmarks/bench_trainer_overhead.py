@@ -79,7 +79,8 @@ def run_cell(cell_dir: Path, threads: int) -> dict:
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "varscale.train.trainer", str(cell_dir)], env=env,
+    code = "import sys; from varscale.train.trainer import train_cell; sys.exit(train_cell(sys.argv[1]))"
+    r = subprocess.run([sys.executable, "-c", code, str(cell_dir)], env=env,
                        capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:

@@ -81,7 +81,8 @@ def test_load_cell_model_reproduces_final_test_loss(runs):
 
     from varscale.data.tokens import TokenCache
     from varscale.train.evaluate import evaluate
-    from varscale.train.trainer import TeacherForcing, load_cell_model
+    from varscale.train.batches import TeacherForcing
+    from varscale.train.model import load_cell_model
 
     _, dirs, _ = runs
     d = dirs["bf16"]
@@ -112,3 +113,15 @@ def test_wsd_branches_decay_from_the_stable_run(runs):
     # the stable run kept the checkpoints the branches start from
     kept = {p.name for p in (dirs["wsd"][0] / "checkpoints").iterdir() if p.is_dir()}
     assert {f"step{b.branch_step:08d}" for b in branches} <= kept
+
+
+def test_loading_a_cell_model_imports_no_deepspeed():
+    """varscale.train.model (sampling and quality load trained cells through it) stays off
+    DeepSpeed and the training loop: checked in a fresh interpreter."""
+    code = ("import sys, varscale.train.model\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'deepspeed' or m in "
+            "('varscale.train.trainer', 'varscale.train.checkpoint', 'varscale.train.engine')]\n"
+            "print(bad)\n"
+            "sys.exit(1 if bad else 0)")
+    r = subprocess.run([PY, "-c", code], env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]

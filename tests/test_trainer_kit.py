@@ -16,6 +16,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+# one cell trained in a fresh process, as a torchrun rank would (no launcher, no lock)
+TRAIN_CODE = "import sys; from varscale.train.trainer import train_cell; sys.exit(train_cell(sys.argv[1]))"
+TRAIN = [PY, "-c", TRAIN_CODE]
 
 
 def make_study(root: Path, **sections) -> tuple[object, list]:
@@ -77,7 +80,7 @@ def env(**extra) -> dict:
 
 
 def train(cell_dir: Path, **extra_env) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "varscale.train.trainer", str(cell_dir)], env=env(**extra_env),
+    return subprocess.run([*TRAIN, str(cell_dir)], env=env(**extra_env),
                           capture_output=True, text=True, timeout=600)
 
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from test_trainer_kit import CLOCK_COLUMNS, PY, env, make_study, metrics, train
+from test_trainer_kit import CLOCK_COLUMNS, TRAIN, env, make_study, metrics, train
 
 STEPS = 60
 
@@ -23,7 +23,7 @@ def _latest_step(cell_dir):
 
 def _kill_after(cell_dir, min_step, extra_delay):
     """Start training, SIGKILL it once a checkpoint at >= min_step exists (+ extra_delay s)."""
-    p = subprocess.Popen([PY, "-m", "varscale.train.trainer", str(cell_dir)],
+    p = subprocess.Popen([*TRAIN, str(cell_dir)],
                          env=env(VARSCALE_TEST_STEP_DELAY="0.05"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -81,7 +81,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert abs(ra["final_test_loss_avg"][0] - rb["final_test_loss_avg"][0]) < 1e-5
     # at most the last two full checkpoints are kept, plus the weights-only Fig. 7 snapshots
     from varscale.cell import CellConfig
-    from varscale.train.trainer import snapshot_steps
+    from varscale.train.checkpoint import snapshot_steps
 
     dirs = [d for d in (victim / "checkpoints").iterdir() if d.is_dir()]
     full = [d for d in dirs if any(f.name != "weights.pt" for f in d.iterdir())]

@@ -344,7 +344,7 @@ def cell_steps(cell_dir: Union[str, Path]) -> list[int]:
 
 def load_cell(study_dir: Union[str, Path], run_id: str, step: Optional[int] = None, device="cpu"):
     """(vae, var, cell_cfg, step) of one cell's checkpoint (the latest when ``step`` is None)."""
-    from varscale.train.trainer import load_cell_model
+    from varscale.train.model import load_cell_model
 
     cell = StudyLayout.of(study_dir).cell(run_id)
     cell_dir = cell.root
