@@ -29,12 +29,12 @@ def test_two_ranks_reproduce_one(tmp_path, stage):
     shutil.copytree(one, two)
     # config.json is the same; the token cache and tokenizer are found through study_dir
 
-    r1 = subprocess.run([PY, "-m", "varscale.train.trainer", str(one)], env=env(),
+    r1 = subprocess.run([PY, "-m", "varscale.cli", "train", str(one)], env=env(),
                         capture_output=True, text=True, timeout=600)
     assert r1.returncode == 0, r1.stderr[-3000:]
     r2 = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                          "--master_port", str(free_port()),
-                         "-m", "varscale.train.trainer", str(two)],
+                         "-m", "varscale.cli", "train", str(two)],
                         env=env(), capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stdout[-2000:] + r2.stderr[-3000:]
 

@@ -23,7 +23,7 @@ def make_study(root: Path, **sections) -> tuple[object, list]:
 
     from varscale.grid.cells import plan_cells, write_cell
     from varscale.config import from_dict
-    from varscale.data.tokens import write_token_cache
+    from varscale.tokenizer.cache import write_token_cache
     from varscale.models import build_vqvae
     from varscale.schema import StudyLayout
 
@@ -77,7 +77,7 @@ def env(**extra) -> dict:
 
 
 def train(cell_dir: Path, **extra_env) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "varscale.train.trainer", str(cell_dir)], env=env(**extra_env),
+    return subprocess.run([PY, "-m", "varscale.cli", "train", str(cell_dir)], env=env(**extra_env),
                           capture_output=True, text=True, timeout=600)
 
 

@@ -23,7 +23,7 @@ def _latest_step(cell_dir):
 
 def _kill_after(cell_dir, min_step, extra_delay):
     """Start training, SIGKILL it once a checkpoint at >= min_step exists (+ extra_delay s)."""
-    p = subprocess.Popen([PY, "-m", "varscale.train.trainer", str(cell_dir)],
+    p = subprocess.Popen([PY, "-m", "varscale.cli", "train", str(cell_dir)],
                          env=env(VARSCALE_TEST_STEP_DELAY="0.05"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
