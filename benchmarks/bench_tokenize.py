@@ -28,7 +28,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from varscale.config import from_dict, load_study
-    from varscale.data.tokens import build_token_cache
+    from varscale.tokenizer.cache import build_token_cache
     from varscale.models import build_vqvae
     from varscale.models.presets import get_preset
 
@@ -40,7 +40,7 @@ def main() -> None:
            "execution": {"device": "cpu"}}
     vae = None
     if args.study and (Path(args.study) / "tokenizer" / "vqvae.pt").exists():
-        from varscale.train.tokenizer import load_tokenizer
+        from varscale.tokenizer.checkpoint import load_tokenizer
 
         vae = load_tokenizer(args.study, load_study(args.study))
         raw["model"]["preset"] = load_study(args.study).model.preset

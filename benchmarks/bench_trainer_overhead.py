@@ -36,7 +36,7 @@ def make_study(root: Path, depth: int, steps: int, train_n: int, val_n: int, pre
 
     from varscale.grid.cells import plan_cells, write_cell
     from varscale.config import from_dict
-    from varscale.data.tokens import write_token_cache
+    from varscale.tokenizer.cache import write_token_cache
     from varscale.models import build_vqvae
     from varscale.models.presets import get_preset
     from varscale.schema import StudyLayout
@@ -79,8 +79,7 @@ def run_cell(cell_dir: Path, threads: int) -> dict:
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     t0 = time.perf_counter()
-    code = "import sys; from varscale.train.trainer import train_cell; sys.exit(train_cell(sys.argv[1]))"
-    r = subprocess.run([sys.executable, "-c", code, str(cell_dir)], env=env,
+    r = subprocess.run([sys.executable, "-m", "varscale.cli", "train", str(cell_dir)], env=env,
                        capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:

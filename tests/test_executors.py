@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_registry_names_equal_the_config_literal_and_the_cli_choices():
     from varscale.config import ExecutionConfig
-    from varscale.grid.launch import build_parser
+    from varscale.cli.run import build_parser
 
     literal = typing.get_args(typing.get_type_hints(ExecutionConfig)["executor"])
     assert sorted(literal) == sorted(EXECUTORS)

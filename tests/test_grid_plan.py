@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from varscale.cli import plan as plan_cli
 from varscale.grid import plan as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ def test_plan_each_committed_study(study, tmp_path, capsys):
     d = tmp_path / study.name
     d.mkdir()
     shutil.copy(study / "study.yaml", d / "study.yaml")
-    assert P.main([str(d), "--flops-per-s", "1e12"]) == 0
+    assert plan_cli.main([str(d), "--flops-per-s", "1e12"]) == 0
     out = capsys.readouterr().out
     plan = json.loads((d / "plan.json").read_text())
     assert plan["cells"] and plan["totals"]["cells"] == len(plan["cells"])
@@ -35,7 +36,7 @@ def test_paper_grid_sizes(tmp_path, capsys):
     d = tmp_path / "p"
     d.mkdir()
     shutil.copy(ROOT / "runs" / "imagenet256-paper" / "study.yaml", d / "study.yaml")
-    assert P.main([str(d), "--json", "--no-write"]) == 0
+    assert plan_cli.main([str(d), "--json", "--no-write"]) == 0
     plan = json.loads(capsys.readouterr().out)
     by_depth = {c["depth"]: c for c in plan["cells"]}
     assert sorted(by_depth) == [6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 30]
@@ -60,7 +61,7 @@ def _study(tmp_path: Path, **over) -> Path:
 
 def test_infeasible_budget_is_a_clear_error(tmp_path, capsys):
     d = _study(tmp_path, budgets__values=[1.0e6, 1.0e8])
-    assert P.main([str(d)]) == 2
+    assert plan_cli.main([str(d)]) == 2
     err = capsys.readouterr().err
     assert "budget 1e+06 flops" in err and "min_step" in err
     assert "depth 1" in err and "depth 2" in err  # every infeasible cell, at once
@@ -69,7 +70,7 @@ def test_infeasible_budget_is_a_clear_error(tmp_path, capsys):
 
 def test_invalid_study_is_reported(tmp_path, capsys):
     d = _study(tmp_path, model__depthz=[1])
-    assert P.main([str(d)]) == 2
+    assert plan_cli.main([str(d)]) == 2
     assert "model.depthz" in capsys.readouterr().err
 
 
@@ -79,7 +80,7 @@ def test_log_range_seeds_and_wsd_costs(tmp_path, capsys):
     raw = yaml.safe_load((d / "study.yaml").read_text())
     raw["seeds"] = [0, 1]
     (d / "study.yaml").write_text(yaml.safe_dump(raw))
-    assert P.main([str(d), "--flops-per-s", "1e9"]) == 0
+    assert plan_cli.main([str(d), "--flops-per-s", "1e9"]) == 0
     plan = json.loads((d / "plan.json").read_text())
     assert plan["budgets"] == [1e8, 3.162e8, 1e9]
     costs = plan["design_costs"]
@@ -96,12 +97,12 @@ def test_log_range_seeds_and_wsd_costs(tmp_path, capsys):
 
 def test_depths_per_budget(tmp_path):
     d = _study(tmp_path, budgets__depths_per_budget={"6.0e+7": [1], "2.0e+8": [1, 2]})
-    assert P.main([str(d), "--no-write", "--flops-per-s", "1e9"]) == 0
+    assert plan_cli.main([str(d), "--no-write", "--flops-per-s", "1e9"]) == 0
 
 
 def test_measured_throughput_is_used(tmp_path, capsys):
     d = _study(tmp_path)
-    assert P.main([str(d), "--flops-per-s", "1e9"]) == 0
+    assert plan_cli.main([str(d), "--flops-per-s", "1e9"]) == 0
     plan = json.loads((d / "plan.json").read_text())
     c = plan["cells"][0]
     cell = d / "cells" / c["run_id"]
@@ -110,7 +111,7 @@ def test_measured_throughput_is_used(tmp_path, capsys):
                                                   "flops_per_image": c["flops_per_step"] // 16}))
     (cell / "status.json").write_text(json.dumps({"tokens_per_s": 1000.0}))
     capsys.readouterr()
-    assert P.main([str(d)]) == 0
+    assert plan_cli.main([str(d)]) == 0
     out = capsys.readouterr().out
     assert "measured by this study's cells" in out
     plan = json.loads((d / "plan.json").read_text())

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from varscale.cli import status as status_cli
 from varscale.grid import status as S
 from varscale.grid.lock import FileLock
 
@@ -42,7 +43,7 @@ def test_states(tmp_path, capsys):
     assert "resumes" in cells["e-int"].note and cells["e-int"].step == 30
     assert f"pid {os.getppid()}" in cells["d-run"].note
     assert lock.held_by_other() is not None
-    assert S.main([str(tmp_path)]) == 0
+    assert status_cli.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("a-done"))
     assert "100/100" in line and "4.2500" in line and "1.5e+04" in line

@@ -24,7 +24,7 @@ def test_every_committed_study_is_pinned():
 def test_hashes_and_cell_ids_unchanged(study):
     from varscale.config import load_study
     from varscale.grid.cells import plan_cells
-    from varscale.train.tokenizer import config_hash
+    from varscale.tokenizer.checkpoint import config_hash
 
     cfg = load_study(ROOT / "runs" / study)
     pin = PINS[study]

@@ -50,7 +50,7 @@ def study(tmp_path_factory):
 
 
 def test_sample_cli_writes_grid_npy_and_is_reproducible(study):
-    from varscale.sample import main_sample
+    from varscale.cli.sample import main as main_sample
 
     d, cell, steps = study
     out = d / "samples" / cell.run_id
@@ -68,7 +68,7 @@ def test_sample_cli_writes_grid_npy_and_is_reproducible(study):
 
 
 def test_sample_cli_fig7_writes_one_png_per_checkpoint(study):
-    from varscale.sample import main_sample
+    from varscale.cli.sample import main as main_sample
 
     d, cell, steps = study
     assert main_sample([str(d), "--cell", cell.run_id, "--fig7", "--seed", "1"]) == 0
@@ -82,7 +82,7 @@ def test_sample_cli_fig7_writes_one_png_per_checkpoint(study):
 def test_edit_cli_writes_source_mask_result(study):
     from PIL import Image
 
-    from varscale.sample import main_edit
+    from varscale.cli.edit import main as main_edit
 
     d, cell, steps = study
     out = d / "edit.png"
@@ -93,7 +93,8 @@ def test_edit_cli_writes_source_mask_result(study):
 
 
 def test_quality_cli_writes_rows(study):
-    from varscale.quality import main_quality, read_quality
+    from varscale.cli.quality import main as main_quality
+    from varscale.quality import read_quality
 
     d, cell, steps = study
     assert main_quality([str(d), "--cell", cell.run_id, "--all-steps", "--per-class", "4",

@@ -48,7 +48,7 @@ def _train_tiny(vae_steps=600, var_steps=300, seed=0, log=print):
     from varscale import quality as Q
     from varscale.models import build
     from varscale.models.presets import get_preset
-    from varscale.train.tokenizer import residual_samples, revive_codes
+    from varscale.tokenizer.train import residual_samples, revive_codes
 
     torch.set_num_threads(2)
     train, val = ColourSet(4000, 0), ColourSet(400, 1)

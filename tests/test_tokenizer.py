@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from varscale.config import from_dict
-from varscale.train.tokenizer import (existing_complete, load_tokenizer, main, tokenizer_hash,
-                                      train_tokenizer)
+from varscale.cli.tokenizer import main
+from varscale.tokenizer.checkpoint import existing_complete, load_tokenizer, tokenizer_hash
+from varscale.tokenizer.train import train_tokenizer
 
 torch.set_num_threads(1)
 
@@ -90,7 +91,7 @@ def test_cli_needs_train_verb(tmp_path, capsys):
 def test_collapsed_tokenizer_stops_with_a_clear_error(trained, tmp_path):
     """40 steps of the tiny preset sit at the mean image: by default that is an error, and the
     checkpoint is kept but never reused as complete."""
-    from varscale.train.tokenizer import TokenizerCollapsed, collapse_message
+    from varscale.tokenizer.train import TokenizerCollapsed, collapse_message
 
     d, cfg, path, logs = trained
     m = json.loads((d / "tokenizer" / "metrics.json").read_text())
@@ -98,7 +99,7 @@ def test_collapsed_tokenizer_stops_with_a_clear_error(trained, tmp_path):
     assert any("WARNING: the tokenizer collapsed" in line for line in logs)
     strict = _cfg(fail_on_collapse=True)
     assert strict.hash() != cfg.hash()  # not hash-neutral when set off its default...
-    from varscale.train.tokenizer import config_hash
+    from varscale.tokenizer.checkpoint import config_hash
     assert config_hash(strict) == config_hash(cfg)  # ...but the tokenizer itself is the same
     with pytest.raises(TokenizerCollapsed, match=r"val PSNR .* dB is within 1 dB of predicting"):
         train_tokenizer(tmp_path, strict, log=lambda s: None)
@@ -111,7 +112,7 @@ def test_mean_image_psnr_is_the_psnr_of_the_mean_image(trained):
     import numpy as np
 
     from varscale.data import make_dataset
-    from varscale.train.tokenizer import evaluate, psnr_from_mse
+    from varscale.tokenizer.train import evaluate, psnr_from_mse
 
     d, cfg, _, _ = trained
     ds = make_dataset(cfg.data, "val")
@@ -140,7 +141,7 @@ def test_default_study_tokenizer_hash_survives_new_options():
     from pathlib import Path
 
     from varscale.config import load_study
-    from varscale.train.tokenizer import config_hash
+    from varscale.tokenizer.checkpoint import config_hash
 
     cfg = load_study(Path(__file__).resolve().parents[1] / "runs" / "default")
-    assert config_hash(cfg) == "21aa9356d949"  # the hash of the session-2 default run's tokenizer
+    assert config_hash(cfg) == "21aa9356d949"  # the hash of the committed default study's trained tokenizer

@@ -7,8 +7,8 @@ import torch
 
 from varscale.config import from_dict
 from varscale.data import make_dataset
-from varscale.data.tokens import (TokenCache, build_token_cache, cache_state, entropy_by_scale,
-                                  token_dtype, write_token_cache)
+from varscale.tokenizer.cache import (TokenCache, build_token_cache, cache_state, entropy_by_scale,
+                                      token_dtype, write_token_cache)
 
 torch.set_num_threads(1)
 
@@ -76,7 +76,7 @@ def _vae(seed):
 
 
 def test_build_reuse_and_rebuild_on_other_tokenizer(tmp_path):
-    from varscale.train.tokenizer import tokenizer_hash
+    from varscale.tokenizer.checkpoint import tokenizer_hash
 
     cfg = _tiny_study()
     logs = []

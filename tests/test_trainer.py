@@ -79,7 +79,7 @@ def test_bf16_autocast_trains(runs):
 def test_load_cell_model_reproduces_final_test_loss(runs):
     import torch
 
-    from varscale.data.tokens import TokenCache
+    from varscale.tokenizer.cache import TokenCache
     from varscale.train.evaluate import evaluate
     from varscale.train.batches import TeacherForcing
     from varscale.train.model import load_cell_model

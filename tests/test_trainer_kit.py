@@ -17,8 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 # one cell trained in a fresh process, as a torchrun rank would (no launcher, no lock)
-TRAIN_CODE = "import sys; from varscale.train.trainer import train_cell; sys.exit(train_cell(sys.argv[1]))"
-TRAIN = [PY, "-c", TRAIN_CODE]
+TRAIN = [PY, "-m", "varscale.cli", "train"]  # `varscale train <cell_dir>`, what a user runs
 
 
 def make_study(root: Path, **sections) -> tuple[object, list]:
@@ -26,7 +25,7 @@ def make_study(root: Path, **sections) -> tuple[object, list]:
 
     from varscale.grid.cells import plan_cells, write_cell
     from varscale.config import from_dict
-    from varscale.data.tokens import write_token_cache
+    from varscale.tokenizer.cache import write_token_cache
     from varscale.models import build_vqvae
     from varscale.schema import StudyLayout
 

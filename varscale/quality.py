@@ -27,7 +27,6 @@ Layout::
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -497,61 +496,37 @@ def _now():
     return dt.datetime.now(dt.timezone.utc)
 
 
-# --------------------------------------------------------------------------- CLI
+def evaluate_study(study_dir: str | Path, cells: Optional[Sequence[str]] = None, step: Optional[int] = None,
+                   all_steps: bool = False, per_class: int = 50, cfg: float = 1.5, top_k: int = 0,
+                   top_p: float = 0.0, seed: int = 0, inception_path: Optional[str] = None,
+                   classifier: ClassifierConfig = ClassifierConfig(), retrain_classifier: bool = False,
+                   log=print) -> tuple[list[dict], list[str]]:
+    """:func:`evaluate_cell` for each of ``cells`` (default: every cell with a checkpoint).
 
-
-def main_quality(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="varscale quality",
-        description="Class accuracy and classifier-feature Frechet distance (not Inception-FID) "
-                    "of each cell's class-conditional samples; rows under <study>/quality/.")
-    ap.add_argument("study_dir")
-    ap.add_argument("--cell", action="append", default=None,
-                    help="run id (repeatable); default: every cell with a checkpoint")
-    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: the last)")
-    ap.add_argument("--all-steps", action="store_true",
-                    help="evaluate every kept checkpoint, not only the last")
-    ap.add_argument("--per-class", type=int, default=50, help="samples per class (default 50)")
-    ap.add_argument("--cfg", type=float, default=1.5)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--inception", default=None,
-                    help="path to the standard Inception TorchScript (inception-2015-12-05.pt) for FID")
-    ap.add_argument("--retrain-classifier", action="store_true")
-    ap.add_argument("--classifier-steps", type=int, default=ClassifierConfig.steps)
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(list(argv) if argv is not None else None)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-
+    At ``step`` (default the last kept one), or at every kept checkpoint with ``all_steps``.
+    Returns (rows written, run ids skipped for want of a checkpoint); raises
+    ``FileNotFoundError`` when no cell of the study has a checkpoint folder.
+    """
     from varscale.config import load_study
     from varscale.sample import cell_steps
 
-    study_dir = Path(a.study_dir)
+    study_dir = Path(study_dir)
     study_cfg = load_study(study_dir)
-    clf, meta = get_classifier(study_dir, study_cfg, ClassifierConfig(steps=a.classifier_steps),
-                               retrain=a.retrain_classifier)
+    clf, _ = get_classifier(study_dir, study_cfg, classifier, retrain=retrain_classifier)
     lay = StudyLayout.of(study_dir)
-    cells = a.cell or [p.name for p in lay.cell_dirs() if lay.cell(p.name).checkpoints.exists()]
+    cells = list(cells or [p.name for p in lay.cell_dirs() if lay.cell(p.name).checkpoints.exists()])
     if not cells:
-        print(f"varscale quality: no cells with checkpoints under {lay.cells_dir}", file=sys.stderr)
-        return 1
-    rc = 0
+        raise FileNotFoundError(f"no cells with checkpoints under {lay.cells_dir}")
+    rows, skipped = [], []
     for run_id in cells:
         steps = cell_steps(lay.cell(run_id).root)
         if not steps:
             print(f"{run_id}: no checkpoint, skipped", file=sys.stderr)
-            rc = 1
+            skipped.append(run_id)
             continue
-        todo = steps if a.all_steps else [a.step if a.step is not None else steps[-1]]
-        for step in todo:
-            evaluate_cell(study_dir, run_id, step, per_class=a.per_class, cfg=a.cfg, top_k=a.top_k,
-                          top_p=a.top_p, seed=a.seed, inception_path=a.inception, study_cfg=study_cfg, clf=clf)
-    return rc
-
-
-main = main_quality
-
-if __name__ == "__main__":
-    sys.exit(main_quality())
+        todo = steps if all_steps else [step if step is not None else steps[-1]]
+        for s in todo:
+            rows.append(evaluate_cell(study_dir, run_id, s, per_class=per_class, cfg=cfg, top_k=top_k,
+                                      top_p=top_p, seed=seed, inception_path=inception_path,
+                                      study_cfg=study_cfg, clf=clf, log=log))
+    return rows, skipped

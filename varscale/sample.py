@@ -24,18 +24,18 @@ where a mask says *keep*: at every scale the mask is resized to ``pn x pn`` (bil
 entirely. ``label=None`` (the null class) is in-/out-painting; a class label is
 class-conditional editing.
 
-CLI: ``varscale sample <study> --cell <run_id>`` and ``varscale edit <study> --cell <run_id>``
-(``-h`` for options); PNGs and raw arrays go to ``runs/<study>/samples/<run_id>/``.
+For a cell's checkpoints: :func:`sample_cell` and :func:`edit_cell`, the work of
+``varscale sample <study> --cell <run_id>`` and ``varscale edit <study> --cell <run_id>``
+(``varscale.cli.sample`` / ``.edit``; ``-h`` for options); PNGs and raw arrays go to
+``runs/<study>/samples/<run_id>/``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -375,7 +375,8 @@ def samples_dir(study_dir: Union[str, Path], run_id: str) -> Path:
     return StudyLayout.of(study_dir).samples(run_id)
 
 
-def _pick_device(kind: str) -> str:
+def resolve_device(kind: str) -> str:
+    """``auto`` -> cuda when available, else cpu; anything else as given."""
     if kind == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return kind
@@ -391,40 +392,26 @@ def _write_samples(out_dir: Path, stem: str, img: torch.Tensor, labels: torch.Te
     return png
 
 
-def main_sample(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="varscale sample",
-        description="Class-conditional samples of one cell (CFG ramp, top-k/top-p, KV cache). Writes a PNG "
-                    "grid, the raw images (uint8 npy, B x H x W x 3) and a json of the settings under "
-                    "<study>/samples/<run_id>/.")
-    ap.add_argument("study_dir")
-    ap.add_argument("--cell", required=True, help="run id (a folder under <study>/cells)")
-    ap.add_argument("--classes", type=int, nargs="*", default=None, help="class ids (default: all)")
-    ap.add_argument("--n", type=int, default=4, help="samples per class (default 4)")
-    ap.add_argument("--cfg", type=float, default=1.5, help="guidance at the last scale (0: off)")
-    ap.add_argument("--top-k", type=int, default=0, help="0: off (the paper's FID setting: 900 of 4096)")
-    ap.add_argument("--top-p", type=float, default=0.0, help="0: off (paper's FID setting: 0.96)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smooth", action="store_true", help="Gumbel-softmax visual mode (not for metrics)")
-    ap.add_argument("--no-cache", action="store_true", help="recompute the prefix each scale (slow; checks)")
-    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    ap.add_argument("--fig7", action="store_true",
-                    help="the Fig. 7 inputs: same seed at ~20/60/100%% of training, step-<step>.png")
-    ap.add_argument("--out", default=None, help="output folder (default <study>/samples/<run_id>)")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(list(argv) if argv is not None else None)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = _pick_device(a.device)
-    study_dir = Path(a.study_dir)
-    cell_dir = StudyLayout.of(study_dir).cell(a.cell).root
-    out_dir = Path(a.out) if a.out else samples_dir(study_dir, a.cell)
+def sample_cell(study_dir: Union[str, Path], run_id: str, *, classes: Optional[Sequence[int]] = None,
+                n: int = 4, cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, seed: int = 0,
+                smooth: bool = False, use_cache: bool = True, step: Optional[int] = None, fig7: bool = False,
+                out: Union[str, Path, None] = None, device: str = "cpu", log=print) -> dict[int, str]:
+    """Class-conditional samples of one cell: ``n`` per class of ``classes`` (default: all).
+
+    Writes, per checkpoint, a PNG grid, the raw images (uint8 npy, B x H x W x 3) and a json of
+    the settings under ``out`` (default ``<study>/samples/<run_id>/``); each file is written
+    whole (atomically for the json), so an interrupted call leaves complete files or none.
+    ``fig7``: the checkpoints nearest 20 / 60 / 100% of training with the same seed, one
+    sample per class unless ``classes`` or ``n`` say otherwise, plus ``fig7.json``. Returns
+    {step: png path}. Raises ``FileNotFoundError`` when the cell has no checkpoint.
+    """
+    study_dir = Path(study_dir)
+    cell_dir = StudyLayout.of(study_dir).cell(run_id).root
+    out_dir = Path(out) if out else samples_dir(study_dir, run_id)
     steps = cell_steps(cell_dir)
     if not steps:
-        print(f"varscale sample: cell {a.cell} has no checkpoint under {CellLayout(cell_dir).checkpoints}", file=sys.stderr)
-        return 1
-    if a.fig7:
+        raise FileNotFoundError(f"cell {run_id} has no checkpoint under {CellLayout(cell_dir).checkpoints}")
+    if fig7:
         from varscale.cell import CellConfig
 
         total = CellConfig.load(cell_dir).total_steps
@@ -435,31 +422,31 @@ def main_sample(argv: Sequence[str] | None = None) -> int:
                   f"kept ones (kept: {steps}); cells trained before the 20%/60% snapshots, and WSD branches, lack them.", file=sys.stderr)
         run = sorted(set(todo.values()))
     else:
-        run = [a.step]
+        run = [step]
     written = {}
     for step in run:
-        vae, var, cell, step = load_cell(study_dir, a.cell, step, device=device)
-        classes = a.classes if a.classes else list(range(var.num_classes))
-        n = 1 if a.fig7 and a.n == 4 and not a.classes else a.n
-        labels = torch.tensor(classes).repeat_interleave(n)
+        vae, var, cell, step = load_cell(study_dir, run_id, step, device=device)
+        labels_of = list(classes) if classes else list(range(var.num_classes))
+        per = 1 if fig7 and n == 4 and not classes else n
+        labels = torch.tensor(labels_of).repeat_interleave(per)
         t0 = time.perf_counter()
-        img, _ = generate(vae, var, labels, cfg=a.cfg, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
-                          smooth=a.smooth, use_cache=not a.no_cache)
+        img, _ = generate(vae, var, labels, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+                          smooth=smooth, use_cache=use_cache)
         dt = time.perf_counter() - t0
-        meta = {"run_id": a.cell, "step": step, "total_steps": cell.total_steps, "depth": cell.depth,
-                "cfg": a.cfg, "top_k": a.top_k, "top_p": a.top_p, "seed": a.seed, "smooth": a.smooth,
+        meta = {"run_id": run_id, "step": step, "total_steps": cell.total_steps, "depth": cell.depth,
+                "cfg": cfg, "top_k": top_k, "top_p": top_p, "seed": seed, "smooth": smooth,
                 "seconds": dt, "device": device}
-        stem = StudyLayout.fig7_stem(step) if a.fig7 else f"samples-step{step:08d}-seed{a.seed}"
-        png = _write_samples(out_dir, stem, img, labels, meta, nrow=len(classes) if a.fig7 else max(n, 1))
+        stem = StudyLayout.fig7_stem(step) if fig7 else f"samples-step{step:08d}-seed{seed}"
+        png = _write_samples(out_dir, stem, img, labels, meta, nrow=len(labels_of) if fig7 else max(per, 1))
         written[step] = str(png)
-        print(f"{a.cell} step {step}: {labels.numel()} samples in {dt:.2f}s -> {png}")
-    if a.fig7:
+        log(f"{run_id} step {step}: {labels.numel()} samples in {dt:.2f}s -> {png}")
+    if fig7:
         from varscale.schema import atomic_write_json
 
-        atomic_write_json(out_dir / "fig7.json", {"total_steps": total, "seed": a.seed, "cfg": a.cfg,
+        atomic_write_json(out_dir / "fig7.json", {"total_steps": total, "seed": seed, "cfg": cfg,
                                                   "fractions": {f"{f:g}": s for f, s in todo.items()},
                                                   "files": written})
-    return 0
+    return written
 
 
 def load_image(path: Union[str, Path], resolution: int) -> torch.Tensor:
@@ -482,66 +469,47 @@ def load_mask(path: Union[str, Path]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0)
 
 
-def main_edit(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="varscale edit",
-        description="Zero-shot in-painting / out-painting (null class) or class-conditional editing "
-                    "(--label) with a trained cell. Writes a PNG of source | mask | result.")
-    ap.add_argument("study_dir")
-    ap.add_argument("--cell", required=True)
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--image", default=None, help="source image file (resized to the study resolution)")
-    src.add_argument("--val-index", type=int, nargs="*", default=None,
-                     help="source images from the study's held-out split (default: 0 1 2 3)")
-    m = ap.add_mutually_exclusive_group()
-    m.add_argument("--box", type=float, nargs=4, metavar=("Y0", "X0", "Y1", "X1"), default=None,
-                   help="box in [0,1] units to regenerate (default 0.25 0.25 0.75 0.75)")
-    m.add_argument("--mask", default=None, help="mask image: white = generate, black = keep")
-    ap.add_argument("--outpaint", action="store_true", help="keep the box, regenerate around it")
-    ap.add_argument("--label", type=int, default=None, help="class for class-conditional editing (default: null)")
-    ap.add_argument("--cfg", type=float, default=3.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smooth", action="store_true")
-    ap.add_argument("--step", type=int, default=None)
-    ap.add_argument("--out", default=None, help="output PNG (default <study>/samples/<run_id>/edit-....png)")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    a = ap.parse_args(list(argv) if argv is not None else None)
-    study_dir = Path(a.study_dir)
-    device = _pick_device(a.device)
-    vae, var, cell, step = load_cell(study_dir, a.cell, a.step, device=device)
+def edit_cell(study_dir: Union[str, Path], run_id: str, *, image: Union[str, Path, None] = None,
+              val_index: Optional[Sequence[int]] = None, box: Optional[Sequence[float]] = None,
+              mask: Union[str, Path, None] = None, outpaint: bool = False, label: Optional[int] = None,
+              cfg: float = 3.0, top_k: int = 0, top_p: float = 0.0, seed: int = 0, smooth: bool = False,
+              step: Optional[int] = None, out: Union[str, Path, None] = None, device: str = "cpu",
+              log=print) -> Path:
+    """Zero-shot in-/out-painting (``label=None``) or class-conditional editing with one cell.
+
+    The source is an image file (``image``, resized to the study resolution) or held-out
+    images (``val_index``, default 0 1 2 3); the region to regenerate is a mask image (white =
+    generate) or a ``box`` in [0, 1] units (default the centre half; ``outpaint`` keeps the
+    box and regenerates around it). Writes one PNG of source | mask | result rows to ``out``
+    (default ``<study>/samples/<run_id>/edit-....png``) and returns its path.
+    """
+    study_dir = Path(study_dir)
+    vae, var, cell, step = load_cell(study_dir, run_id, step, device=device)
     R = vae.resolution
-    if a.image:
-        src_img, tag = load_image(a.image, R), Path(a.image).stem
+    if image:
+        src_img, tag = load_image(image, R), Path(image).stem
     else:
         from varscale.data import make_dataset
 
-        idx = a.val_index if a.val_index else [0, 1, 2, 3]
+        idx = list(val_index) if val_index else [0, 1, 2, 3]
         src_img, _ = make_dataset(cell.study_config().data, "val").batch(idx)
         src_img, tag = torch.as_tensor(src_img, dtype=torch.float32), "val" + "-".join(map(str, idx))
-    if a.mask:
-        mask = load_mask(a.mask)
+    if mask:
+        mask_HW = load_mask(mask)
         mtag = "mask"
     else:
-        box = a.box or [0.25, 0.25, 0.75, 0.75]
-        mask = box_mask(var.cfg.patch_nums[-1], *box, outpaint=a.outpaint)
-        mtag = ("out" if a.outpaint else "in") + "-" + "-".join(f"{b:g}" for b in box)
-    img, _, _ = edit(vae, var, src_img.to(device), mask, label=a.label, cfg=a.cfg, top_k=a.top_k,
-                     top_p=a.top_p, seed=a.seed, smooth=a.smooth)
+        box = list(box) if box else [0.25, 0.25, 0.75, 0.75]
+        mask_HW = box_mask(var.cfg.patch_nums[-1], *box, outpaint=outpaint)
+        mtag = ("out" if outpaint else "in") + "-" + "-".join(f"{b:g}" for b in box)
+    img, _, _ = edit(vae, var, src_img.to(device), mask_HW, label=label, cfg=cfg, top_k=top_k,
+                     top_p=top_p, seed=seed, smooth=smooth)
     B = img.shape[0]
     src01 = src_img.add(1).mul(0.5).cpu()
-    mask_img = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], size=(R, R),
+    mask_img = F.interpolate(torch.as_tensor(mask_HW, dtype=torch.float32)[None, None], size=(R, R),
                              mode="nearest")[0].expand(3, R, R)
     rows = torch.stack([src01, mask_img.expand(B, 3, R, R), img.cpu()], dim=1).flatten(0, 1)
-    lab = "null" if a.label is None else str(a.label)
-    out = Path(a.out) if a.out else samples_dir(study_dir, a.cell) / f"edit-step{step:08d}-{tag}-{mtag}-label{lab}-seed{a.seed}.png"
-    save_grid(rows, out, nrow=3)
-    print(f"{a.cell} step {step}: edited {B} image(s) (source | mask | result) -> {out}")
-    return 0
-
-
-main = main_sample
-
-if __name__ == "__main__":
-    sys.exit(main_sample())
+    lab = "null" if label is None else str(label)
+    path = Path(out) if out else samples_dir(study_dir, run_id) / f"edit-step{step:08d}-{tag}-{mtag}-label{lab}-seed{seed}.png"
+    save_grid(rows, path, nrow=3)
+    log(f"{run_id} step {step}: edited {B} image(s) (source | mask | result) -> {path}")
+    return path

@@ -1,4 +1,4 @@
-"""Datasets by kind (procedural default, ImageNet-layout folders) and the token cache.
+"""Datasets by kind (procedural default, ImageNet-layout folders); the token cache is varscale.tokenizer.cache.
 
 A dataset kind is a class registered in ``DATASETS`` under the name a study file gives as
 ``data.kind``. It follows the :class:`Dataset` protocol: ``Config``, a dataclass of the keys

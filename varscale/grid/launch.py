@@ -21,19 +21,17 @@ failure of the run.
 """
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from varscale.config import StudyConfig, load_study_for_cli
+from varscale.config import StudyConfig
 from varscale.grid import executors as X
 from varscale.grid.lock import FileLock, describe
 from varscale.grid.progress import Progress, say
-from varscale.grid.stages import prepare_here, stage_analysis
+from varscale.grid.stages import ANALYSIS_STAGES, prepare_here as _prepare_here, stage_analysis
 from varscale.grid.status import cell_state
 from varscale.schema import CellLayout, StudyLayout, read_json
 
@@ -203,60 +201,24 @@ def run_cells(layout: StudyLayout, cells: list[Any], executor: X.Executor, progr
     return res
 
 
-# --------------------------------------------------------------------------- entry point
+# --------------------------------------------------------------------------- the chain
 
 
-def _interrupt_on_term(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+def run_study(cfg: StudyConfig, layout: StudyLayout, executor: str, opts: X.Options, progress: Progress,
+              *, only_cells: bool = False, prepare_here: bool = False, no_analysis: bool = False,
+              cells_glob: Optional[str] = None, t0: Optional[float] = None) -> int:
+    """Plan, prepare (tokenizer, tokens), run the cells, then fit and figures; the exit code.
 
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="varscale run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", help="study folder (with study.yaml)")
-    ap.add_argument("--executor", choices=list(X.EXECUTORS), help="default: execution.executor")
-    ap.add_argument("--parallel", type=int, help="cells at a time (default: execution.parallel)")
-    ap.add_argument("--threads", type=int, help="torch threads per cell (default: execution.threads or cores / parallel)")
-    ap.add_argument("--nproc", type=int, help="processes per cell (default: execution.nproc_per_node)")
-    ap.add_argument("--cluster", choices=["slurm", "local", "debug"], help="submitit cluster (default: execution.slurm.cluster)")
-    ap.add_argument("--only-cells", action="store_true", help="run the cells only: no tokenizer, tokens, fit or figures")
-    ap.add_argument("--prepare-here", action="store_true",
-                    help="slurm executor: train the tokenizer and encode the tokens in this process, not as a job")
-    ap.add_argument("--no-analysis", action="store_true", help="stop after the cells (no fit, no figures)")
-    ap.add_argument("--cells", metavar="GLOB", help="only the cells whose run id matches (e.g. 'd2-*')")
-    ap.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                    help="progress bars (auto: only on a terminal)")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-
-    cfg = load_study_for_cli(a.study)
-    if cfg is None:
-        return 2
-    layout = StudyLayout.of(a.study)
-    ex = cfg.execution
-    name = a.executor or ex.executor
-    opts = X.Options(parallel=a.parallel or ex.parallel, threads=a.threads or ex.threads,
-                     nproc=a.nproc or ex.nproc_per_node, cluster=a.cluster)
-    old_term = signal.signal(signal.SIGTERM, _interrupt_on_term)
-    progress = Progress(a.progress)
-    t0 = time.time()
-    try:
-        return _run(a, cfg, layout, name, opts, progress, t0)
-    except KeyboardInterrupt:
-        say("interrupted; 'varscale run' again resumes where this one stopped")
-        return 130
-    finally:
-        progress.close()
-        signal.signal(signal.SIGTERM, old_term)
-
-
-def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str, opts: X.Options,
-         progress: Progress, t0: float) -> int:
+    0: every selected cell finished (or diverged) and the analysis ran or was up to date;
+    1: a cell or a stage failed; 2: the study cannot be planned or the executor cannot run
+    here; 130: interrupted while the cells ran (they resume on the next run). ``cells_glob``
+    runs only the matching cells and skips the analysis. A ``KeyboardInterrupt`` outside the
+    cells (tokenizer, tokens, analysis) propagates; the caller says so and exits 130.
+    """
     from varscale.grid.cells import PlanError, plan_cells, write_cell
     from varscale.grid.plan import write_plan
+
+    t0 = time.time() if t0 is None else t0
 
     say(f"study {cfg.name} ({layout.root}): config {cfg.hash()}")
     try:
@@ -264,12 +226,12 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     except PlanError as e:
         print(f"varscale run: {e}", file=sys.stderr)
         return 2
-    if a.cells:
-        cells = [c for c in cells if fnmatch.fnmatch(c.run_id, a.cells)]
+    if cells_glob:
+        cells = [c for c in cells if fnmatch.fnmatch(c.run_id, cells_glob)]
         if not cells:
-            print(f"varscale run: no cell matches '{a.cells}'", file=sys.stderr)
+            print(f"varscale run: no cell matches '{cells_glob}'", file=sys.stderr)
             return 2
-    everything = cells if not a.cells else plan_cells(cfg, layout.root)
+    everything = cells if not cells_glob else plan_cells(cfg, layout.root)
     old_plan = read_json(layout.plan_json, {}) or {}
     if old_plan.get("config_hash") != cfg.hash() or \
             [c.get("run_id") for c in old_plan.get("cells", [])] != [c.run_id for c in everything]:
@@ -277,15 +239,15 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
 
     worked = False
     try:
-        executor = X.make_executor(name, cfg, layout, opts)
+        ex = X.make_executor(executor, cfg, layout, opts)
     except RuntimeError as e:  # submitit: no srun on this machine
-        print(f"varscale run: cannot use the {name} executor here: {e}\n"
+        print(f"varscale run: cannot use the {executor} executor here: {e}\n"
               f"  (--cluster local runs the same submitit path on this machine; --executor local runs cells here)",
               file=sys.stderr)
         return 2
-    if not a.only_cells:
+    if not only_cells:
         try:
-            worked |= prepare_here(layout, cfg) if a.prepare_here else executor.prepare(layout, cfg, say)
+            worked |= _prepare_here(layout, cfg) if prepare_here else ex.prepare(layout, cfg, say)
         except Exception as e:  # noqa: BLE001 - one line here, the whole story in a file
             import traceback
 
@@ -300,7 +262,7 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     except PlanError as e:
         print(f"varscale run: {e}", file=sys.stderr)
         return 2
-    res = run_cells(layout, cells, executor, progress)
+    res = run_cells(layout, cells, ex, progress)
     if res.interrupted:
         say("interrupted; 'varscale run' again resumes where this one stopped")
         return 130
@@ -309,12 +271,12 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     ids = [c.run_id for c in cells]
     n_done = len(res.done) + len(res.already)
     worked |= bool(res.done or res.failed or res.diverged)
-    if a.only_cells or a.no_analysis or a.cells:
-        why = "--only-cells" if a.only_cells else "--no-analysis" if a.no_analysis else "--cells runs a subset"
+    if only_cells or no_analysis or cells_glob:
+        why = "--only-cells" if only_cells else "--no-analysis" if no_analysis else "--cells runs a subset"
         say(f"fit, figures: not run ({why})")
     else:
         if n_done:
-            for stage, module in (("fit", "analysis.report"), ("figures", "analysis.figures")):
+            for stage, module in ANALYSIS_STAGES:
                 ok, w = stage_analysis(layout, stage, module, ids)
                 ok_analysis &= ok
                 worked |= w
@@ -335,6 +297,6 @@ def _run(a: argparse.Namespace, cfg: StudyConfig, layout: StudyLayout, name: str
     if not ok_analysis:
         return 1
     if not worked:
-        partial = a.only_cells or a.no_analysis or a.cells
+        partial = only_cells or no_analysis or cells_glob
         say("nothing to do: " + ("every selected cell is finished" if partial else "every stage of the study is complete"))
     return 0

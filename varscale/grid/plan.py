@@ -20,16 +20,14 @@ Writes ``plan.json`` into the study folder (``--no-write`` to skip).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from varscale.config import StudyConfig, load_study_for_cli
+from varscale.config import StudyConfig
 from varscale.schema import CellLayout, StudyLayout, atomic_write_json, read_json
 
 ASSUMED_CPU_MFU = 0.25  # of the matmul peak; small models on CPU reach about this or less
@@ -287,40 +285,3 @@ def format_plan(plan: dict) -> str:
         parts.append(f"warmup-stable-decay {wsd:.3g} FLOPs{rel}")
     lines.append("designs: " + "; ".join(parts) + f"  [this study: {plan['design']}]")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="varscale plan", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", help="study folder (with study.yaml) or a yaml file")
-    ap.add_argument("--flops-per-s", type=float, help="FLOP/s of one cell, for the time estimate")
-    ap.add_argument("--threads", type=int, help="threads per cell for the CPU estimate")
-    ap.add_argument("--no-write", action="store_true", help="do not write plan.json")
-    ap.add_argument("--json", action="store_true", help="print the plan as JSON")
-    a = ap.parse_args(argv)
-    cfg = load_study_for_cli(a.study)
-    if cfg is None:
-        return 2
-    from varscale.grid.cells import PlanError, plan_cells
-    from varscale.config import study_file
-
-    layout = StudyLayout.of(study_file(a.study).parent)
-    try:
-        cells = plan_cells(cfg, layout.root)
-    except PlanError as e:
-        print(f"varscale plan: {e}", file=sys.stderr)
-        return 2
-    plan = build_plan(cfg, layout, cells, a.flops_per_s, a.threads)
-    if not a.no_write:
-        write_plan(layout, cfg, cells, plan)
-    if a.json:
-        import json
-
-        print(json.dumps(plan, indent=1, default=str))
-    else:
-        print(f"study {cfg.name} ({layout.root}): preset {cfg.model.preset}, depths {list(cfg.model.depths)}, "
-              f"{len(plan['budgets'])} budget(s) in {cfg.budgets.unit}, seeds {list(cfg.seeds)}, design {cfg.budgets.design}")
-        print(format_plan(plan))
-        if not a.no_write:
-            print(f"wrote {layout.plan_json}")
-    return 0

@@ -38,22 +38,23 @@ def locked_stage(layout: StudyLayout, stage: str, fn: Callable[[], Any]) -> Any:
 
 def stage_tokenizer(layout: StudyLayout, cfg: StudyConfig) -> bool:
     """Train (or load and measure) the study's tokenizer; True if there was work to do."""
-    from varscale.train import tokenizer as T
+    from varscale.tokenizer.checkpoint import existing_complete
+    from varscale.tokenizer.train import train_tokenizer
 
     def work() -> bool:
         if cfg.tokenizer.checkpoint:
             if layout.tokenizer_metrics.exists():
                 say(f"tokenizer: using the checkpoint {cfg.tokenizer.checkpoint} (already measured); skipped")
                 return False
-            T.train_tokenizer(layout.root, cfg, log=say)  # loads and measures it, never trains
+            train_tokenizer(layout.root, cfg, log=say)  # loads and measures it, never trains
             return True
-        done = T.existing_complete(layout.root, cfg)
+        done = existing_complete(layout.root, cfg)
         if done is not None:
             say(f"tokenizer: complete ({layout.tokenizer_ckpt}); skipped")
             return False
         say(f"tokenizer: training ({cfg.tokenizer.steps} steps) into {layout.tokenizer_dir}")
         t0 = time.time()
-        T.train_tokenizer(layout.root, cfg, log=say)
+        train_tokenizer(layout.root, cfg, log=say)
         say(f"tokenizer: trained in {time.time() - t0:.1f} s")
         return True
 
@@ -62,7 +63,7 @@ def stage_tokenizer(layout: StudyLayout, cfg: StudyConfig) -> bool:
 
 def stage_tokens(layout: StudyLayout, cfg: StudyConfig) -> bool:
     """Build the token cache if missing or stale; True if there was work to do."""
-    from varscale.data.tokens import build_token_cache
+    from varscale.tokenizer.cache import build_token_cache
 
     meta = layout.tokens_meta
 
@@ -89,7 +90,7 @@ def inputs_ready(layout: StudyLayout, cfg: StudyConfig) -> bool:
         return False
     if cfg.tokenizer.checkpoint:
         return layout.tokenizer_metrics.exists()
-    from varscale.train.tokenizer import existing_complete
+    from varscale.tokenizer.checkpoint import existing_complete
 
     return existing_complete(layout.root, cfg) is not None
 
@@ -102,6 +103,10 @@ def _done_fingerprint(layout: StudyLayout, run_ids: list[str]) -> str:
         if c.done.exists():
             items.append((r, c.done.stat().st_mtime_ns))
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+# the analysis stages in the order the chain runs them: (stage, module with main(argv) -> int)
+ANALYSIS_STAGES = (("fit", "analysis.report"), ("figures", "analysis.figures"))
 
 
 def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[str]) -> tuple[bool, bool]:

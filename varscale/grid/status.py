@@ -15,9 +15,6 @@ A cell's state, from its folder:
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -178,27 +175,3 @@ def format_totals(t: dict) -> str:
     parts = [f"{t[s]} {s}" for s in STATES if t[s]]
     frac = f" ({100 * t['flops_spent'] / t['flops_planned']:.0f}% of planned FLOPs)" if t["flops_planned"] else ""
     return f"{t['cells']} cells: " + (", ".join(parts) or "none") + frac
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="varscale status", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", help="study folder")
-    ap.add_argument("--json", action="store_true", help="machine-readable output")
-    a = ap.parse_args(argv)
-    lay = StudyLayout.of(a.study)
-    if not lay.root.is_dir():
-        print(f"varscale status: no study folder {a.study}", file=sys.stderr)
-        return 2
-    cells = study_cells(a.study)
-    t = totals(cells)
-    if a.json:
-        print(json.dumps({"cells": [{k: v for k, v in c.__dict__.items() if k != "status"} for c in cells],
-                          "totals": t}, indent=1, default=str))
-        return 0
-    if not cells:
-        print(f"{a.study}: no cells planned yet (run 'varscale plan {a.study}')")
-        return 0
-    print(format_table(cells))
-    print(format_totals(t))
-    return 0

@@ -55,7 +55,7 @@ PRESETS: dict[str, Preset] = {
         Preset("imagenet256", 256, (1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 4096, 32, 160, (1, 1, 2, 2, 4)),
         Preset("imagenet512", 512, (1, 2, 3, 4, 6, 9, 13, 18, 24, 32), 4096, 32, 160, (1, 1, 2, 2, 4)),
         # 32x32 images, 4x4 latent grid, L = 30 tokens
-        # VQVAE shrunk for 2-core CPUs (varscale.train.tokenizer, docs/data.md): 16 channels at
+        # VQVAE shrunk for 2-core CPUs (varscale.tokenizer.train, docs/data.md): 16 channels at
         # full resolution and one res block per level keep tokenizer training and tokenizing
         # 50k images within minutes
         Preset("cpu32", 32, (1, 2, 3, 4), 512, 16, 16, (1, 2, 4, 4), head_dim=16, num_classes=10,

@@ -20,8 +20,8 @@ from varscale.schema import CellLayout, read_json
 
 
 def load_vae(cell: CellConfig, device=None):
-    """The study's frozen tokenizer (``varscale.train.tokenizer.load_tokenizer``)."""
-    from varscale.train.tokenizer import load_tokenizer
+    """The study's frozen tokenizer (``varscale.tokenizer.checkpoint.load_tokenizer``)."""
+    from varscale.tokenizer.checkpoint import load_tokenizer
 
     vae = load_tokenizer(cell.study_dir, cell.study_config())
     vae = vae.to(device) if device is not None else vae

@@ -81,7 +81,7 @@ class CellRun:
     def setup(self) -> None:
         import torch
 
-        from varscale.data.tokens import TokenCache
+        from varscale.tokenizer.cache import TokenCache
         from varscale.train import engine as E
         from varscale.train.peak import peak_flops
         from varscale.train.schedule import Schedule, peak_lr

@@ -21,7 +21,6 @@ never reused.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
 import sys
@@ -215,15 +214,6 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
 
 
-def _device(cfg) -> "torch.device":  # noqa: F821
-    import torch
-
-    want = cfg.execution.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def build_token_cache(study_dir: str | os.PathLike, cfg, vae=None, force: bool = False,
                       batch_size: int = 500, log=print) -> dict[str, Any]:
     """Encode every train/val image of the study once with its frozen tokenizer.
@@ -235,13 +225,13 @@ def build_token_cache(study_dir: str | os.PathLike, cfg, vae=None, force: bool =
     import torch
 
     from varscale.data import make_dataset
-    from varscale.train.tokenizer import load_tokenizer, tokenizer_hash
+    from varscale.tokenizer.checkpoint import device_for, load_tokenizer, preset_of, tokenizer_hash
 
     layout = StudyLayout.of(study_dir)
     tokens_dir = layout.tokens_dir
     if cfg.tokenizer.threads:
         torch.set_num_threads(cfg.tokenizer.threads)
-    device = _device(cfg)
+    device = device_for(cfg)
     if vae is None:
         vae = load_tokenizer(study_dir, cfg)
     vae = vae.to(device).eval()
@@ -256,8 +246,8 @@ def build_token_cache(study_dir: str | os.PathLike, cfg, vae=None, force: bool =
     (tokens_dir / META).unlink(missing_ok=True)
     tokens_dir.mkdir(parents=True, exist_ok=True)
 
-    patch_nums = list(vae.patch_nums) if hasattr(vae, "patch_nums") else list(_preset(cfg).patch_nums)
-    V = int(vae.vocab_size) if hasattr(vae, "vocab_size") else _preset(cfg).vocab_size
+    patch_nums = list(vae.patch_nums) if hasattr(vae, "patch_nums") else list(preset_of(cfg).patch_nums)
+    V = int(vae.vocab_size) if hasattr(vae, "vocab_size") else preset_of(cfg).vocab_size
     L = sum(p * p for p in patch_nums)
     dt = token_dtype(V)
     counts: dict[str, int] = {}
@@ -309,12 +299,6 @@ def build_token_cache(study_dir: str | os.PathLike, cfg, vae=None, force: bool =
     return meta
 
 
-def _preset(cfg):
-    from varscale.models.presets import get_preset
-
-    return get_preset(cfg.model.preset)
-
-
 def _iter_batches(ds, batch_size: int):
     """(start, img_B3HW tensor, label_B) over a dataset in order."""
     import torch
@@ -332,30 +316,3 @@ def _iter_batches(ds, batch_size: int):
     for img, lab in dl:
         yield s, img, lab.numpy()
         s += img.shape[0]
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from varscale.config import load_study_for_cli
-
-    ap = argparse.ArgumentParser(prog="varscale tokenize",
-                                 description="encode every train/val image of a study once into runs/<study>/tokens/")
-    ap.add_argument("study_dir")
-    ap.add_argument("--force", action="store_true", help="rebuild even if a matching cache exists")
-    ap.add_argument("--batch-size", type=int, default=500)
-    args = ap.parse_args(argv)
-    cfg = load_study_for_cli(args.study_dir)
-    if cfg is None:
-        return 2
-    try:
-        build_token_cache(args.study_dir, cfg, force=args.force, batch_size=args.batch_size)
-    except FileNotFoundError as e:
-        print(f"varscale tokenize: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

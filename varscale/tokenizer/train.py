@@ -19,12 +19,12 @@ Outputs ``runs/<study>/tokenizer/vqvae.pt`` (``{"state_dict", "preset", "config_
 "metrics", ...}``, loadable with ``torch.load(weights_only=True)``) and ``metrics.json``
 (validation PSNR, per-scale codebook utilisation, wall time, loss curve), both atomic.
 A study that names ``tokenizer.checkpoint`` (e.g. the official ``vae_ch160v4096z32.pth``,
-a plain state dict) uses that instead of training.
+a plain state dict) uses that instead of training. The checkpoint's identity (its hashes) and
+loading live in ``varscale.tokenizer.checkpoint``; a crash mid-training leaves no checkpoint
+(written once, at the end, atomically), so the next run trains again from the start.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import io
 import math
 import os
@@ -38,89 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
+from varscale.tokenizer.checkpoint import (config_hash, device_for, existing_complete, load_tokenizer,
+                                           preset_of, resolve_checkpoint, tokenizer_hash)
 
 EVAL_IMAGES = 5000  # validation images used for PSNR / utilisation (all if fewer)
-
-
-# --------------------------------------------------------------------------- identity
-
-
-def tokenizer_hash(vae_or_sd) -> str:
-    """Hash (16 hex) of everything that decides a tokenizer's output: its weights.
-
-    Two tokenizers with the same hash map every image to the same tokens; the token cache
-    stores it and is rebuilt when the study's tokenizer hashes differently. Running statistics
-    that do not affect tokenization (code-hit EMAs) are left out.
-    """
-    sd = vae_or_sd.state_dict() if hasattr(vae_or_sd, "state_dict") else vae_or_sd
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        if "ema_vocab_hit" in k:
-            continue
-        t = sd[k].detach().cpu().contiguous()
-        h.update(k.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
-def _preset_of(cfg):
-    from varscale.models.presets import get_preset
-
-    return get_preset(cfg.model.preset)
-
-
-def config_hash(cfg) -> str:
-    """Hash of what a trained tokenizer depends on: the data, the tokenizer recipe, the VQVAE
-    shape (``varscale.config.tokenizer_config_hash``; each field declares whether it enters)."""
-    from varscale.config import tokenizer_config_hash
-
-    return tokenizer_config_hash(cfg)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _resolve_checkpoint(path: str, study_dir: Path) -> Path:
-    p = Path(os.path.expanduser(path))
-    if not p.is_absolute() and not p.exists() and (study_dir / p).exists():
-        p = study_dir / p
-    if not p.exists():
-        raise FileNotFoundError(f"tokenizer.checkpoint: no file at {path}")
-    return p
-
-
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A VQVAE state dict from varscale's vqvae.pt or a plain one (the official .pth)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        return obj["state_dict"]
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    raise ValueError(f"{path}: not a VQVAE state dict")
-
-
-def load_tokenizer(study_dir, cfg, device=None):
-    """The study's frozen tokenizer (eval mode, requires_grad False)."""
-    from varscale.models.vqvae import VQVAE
-
-    study_dir = Path(study_dir)
-    if cfg.tokenizer.checkpoint:
-        path = _resolve_checkpoint(cfg.tokenizer.checkpoint, study_dir)
-    else:
-        path = StudyLayout.of(study_dir).tokenizer_ckpt
-        if not path.exists():
-            raise FileNotFoundError(f"no tokenizer at {path}; run 'varscale tokenizer train {study_dir}'")
-    vae = VQVAE.from_preset(_preset_of(cfg))
-    sd = load_state_dict_file(path)
-    missing, unexpected = vae.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if "ema_vocab_hit" not in k]
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit preset '{cfg.model.preset}': missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    vae.eval().requires_grad_(False)
-    return vae.to(device) if device is not None else vae
 
 
 # --------------------------------------------------------------------------- pieces
@@ -237,31 +158,10 @@ def _lr_at(step: int, total: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def _device(cfg) -> torch.device:
-    want = cfg.execution.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _save(path: Path, obj: dict) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def existing_complete(study_dir, cfg) -> Optional[dict]:
-    """The metrics of a finished checkpoint for this exact tokenizer config, else None."""
-    path = StudyLayout.of(study_dir).tokenizer_ckpt
-    if not path.exists():
-        return None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    if isinstance(obj, dict) and obj.get("complete") and obj.get("config_hash") == config_hash(cfg):
-        return obj.get("metrics", {})
-    return None
 
 
 # --------------------------------------------------------------------------- training
@@ -278,12 +178,12 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     threads = tc.threads or cfg.execution.threads
     if threads:
         torch.set_num_threads(threads)
-    device = _device(cfg)
-    preset = _preset_of(cfg)
+    device = device_for(cfg)
+    preset = preset_of(cfg)
     val_ds = make_dataset(cfg.data, "val")
 
     if tc.checkpoint:  # a given tokenizer: check it loads and measure it, never train
-        path = _resolve_checkpoint(tc.checkpoint, study_dir)
+        path = resolve_checkpoint(tc.checkpoint, study_dir)
         vae = load_tokenizer(study_dir, cfg, device=device)
         log(f"tokenizer: using checkpoint {path} (hash {tokenizer_hash(vae)})")
         if getattr(val_ds, "fast_batch", False):
@@ -292,7 +192,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
             m = evaluate(vae, val_ds, max_images=500, batch_size=50, device=device)
         m.update({"checkpoint": str(path), "tokenizer_hash": tokenizer_hash(vae), "preset": preset.name})
         atomic_write_json(layout.tokenizer_metrics, m)
-        _report(m, log)
+        report(m, log)
         return path
 
     chash = config_hash(cfg)
@@ -384,7 +284,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     _save(layout.tokenizer_ckpt, {"state_dict": sd, "preset": preset.name, "config_hash": chash,
                                   "metrics": _plain(m), "complete": usable})
     atomic_write_json(layout.tokenizer_metrics, m)
-    _report(m, log)
+    report(m, log)
     if collapsed and tc.fail_on_collapse:
         raise TokenizerCollapsed(
             f"{collapsed}. Its checkpoint is kept, marked incomplete, and nothing downstream was run. "
@@ -395,12 +295,22 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     return layout.tokenizer_ckpt
 
 
+def evaluate_tokenizer(study_dir, cfg, log=print) -> dict[str, Any]:
+    """Re-measure the study's tokenizer on its validation split (``varscale tokenizer eval``)."""
+    from varscale.data import make_dataset
+
+    m = evaluate(load_tokenizer(study_dir, cfg), make_dataset(cfg.data, "val"))
+    report(m, log)
+    return m
+
+
 def _plain(m: dict) -> dict:
     """Metrics without the curve, in types torch.load(weights_only=True) accepts."""
     return {k: v for k, v in m.items() if k != "curve"}
 
 
-def _report(m: dict, log) -> None:
+def report(m: dict, log=print) -> None:
+    """One line: validation PSNR and codebook use, overall and per scale."""
     us = ", ".join(f"{u:.0%}" for u in m["usage_by_scale"])
     wall = f" in {m['train_wall_s']:.0f} s" if "train_wall_s" in m else ""
     log(f"tokenizer: val PSNR {m['val_psnr']:.2f} dB, codes used {m['usage_overall']:.0%} overall, "
@@ -418,39 +328,3 @@ def _batches(ds, batch_size: int, rng: np.random.Generator):
                                              generator=torch.Generator().manual_seed(int(rng.integers(1 << 31))))
     for img, _ in torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers):
         yield img
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from varscale.config import load_study_for_cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="varscale tokenizer", description="train the study's multi-scale VQVAE")
-    sub = ap.add_subparsers(dest="verb", required=True)
-    tr = sub.add_parser("train", help="train (or load) runs/<study>/tokenizer/vqvae.pt")
-    tr.add_argument("study_dir")
-    tr.add_argument("--force", action="store_true", help="retrain even if a complete checkpoint exists")
-    ev = sub.add_parser("eval", help="validation PSNR and codebook utilisation of the study's tokenizer")
-    ev.add_argument("study_dir")
-    args = ap.parse_args(argv)
-    cfg = load_study_for_cli(args.study_dir)
-    if cfg is None:
-        return 2
-    try:
-        if args.verb == "train":
-            train_tokenizer(args.study_dir, cfg, force=args.force)
-        else:
-            from varscale.data import make_dataset
-
-            vae = load_tokenizer(args.study_dir, cfg)
-            _report(evaluate(vae, make_dataset(cfg.data, "val")), print)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"varscale tokenizer: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
