@@ -114,3 +114,15 @@ def test_no_module_spells_a_study_path_by_hand():
         text = p.read_text()
         hits += [f"{p.relative_to(root)}: {s}" for s in spelled if s in text]
     assert not hits, hits
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from varscale.schema import atomic_write_json
+
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    (tmp_path / "b.json").write_text("{}")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == mode(tmp_path / "b.json")

@@ -314,12 +314,24 @@ class CellLayout:
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+_UMASK = _umask()  # read once at import: os.umask can only be read by setting it
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a dot-file in the same folder, fsync, then rename: never a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; a study folder is shared (a cluster group, a notebook
+        # server), so its files get the permissions a plain open() would give them
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
