@@ -44,3 +44,15 @@ def test_validate_loads_no_torch():
 def test_python_m_varscale_cli_runs_the_dispatcher():
     r = subprocess.run([sys.executable, "-m", "varscale.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and "usage: varscale <command>" in r.stdout
+
+
+def test_only_the_cli_layer_parses_a_command_line():
+    """Library modules do their work through functions; argparse lives in varscale/cli/ (and in
+    the cell worker, an internal entry point the executors start)."""
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "varscale"
+    allowed = {pkg / "grid" / "executors" / "worker.py"}
+    offenders = [str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
+                 if "import argparse" in p.read_text() and p not in allowed and "cli" not in p.relative_to(pkg).parts]
+    assert offenders == []
