@@ -29,6 +29,8 @@ one colour in every figure (``depth_colors``).
 """
 from __future__ import annotations
 
+import warnings
+
 import argparse
 import io
 import json
@@ -699,8 +701,11 @@ def figures_of(study_dir, df: pd.DataFrame, rep: dict, floor: str = "auto") -> d
         figs["fig5_vs_N_raw"] = fig5_vs_N(df, rep, True, colors)
         figs["fig6_vs_C_raw"] = fig6_vs_C(df, rep, True, colors)
     # the per-scale panels subtract per-scale entropies only where each lies below its losses
-    fl = usable_floors({k: v for k, v in floors(study_dir).items() if k == "by_scale"}, df) \
-        if floor != "none" else {}
+    # (usable_floors warns when it drops them; the panels' labels say raw, so no warning here)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fl = usable_floors({k: v for k, v in floors(study_dir).items() if k == "by_scale"}, df) \
+            if floor != "none" else {}
     x_col = rep.get("x") or "n_params"
     figs["per_scale_loss_vs_N"] = per_scale_loss_vs_N(df, fl, x_col)
     figs["training_curves"] = training_curves(df, colors)
