@@ -62,6 +62,7 @@ def _cases(d: Path, rid: str, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "edit-label": (["edit", str(d), "--cell", rid, "--label", "4"], "the study has 4 classes"),
         "quality-no-folder": (["quality", str(nope)], "no study folder"),
         "quality-cell": (["quality", str(d), "--cell", "nope"], "no cell nope"),
+        "doctor-no-folder": (["doctor", str(nope)], "no study folder"),
     }
 
 

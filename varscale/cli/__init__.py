@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("varscale.cli.sample", "generate class-conditional samples from a cell"),
     "edit": ("varscale.cli.edit", "zero-shot in-/out-painting and class editing"),
     "quality": ("varscale.cli.quality", "classifier accuracy and Frechet distance of samples"),
+    "doctor": ("varscale.cli.doctor", "check every file of a study: damaged, stale, what a rerun redoes"),
 }
 
 
