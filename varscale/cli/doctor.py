@@ -197,6 +197,7 @@ def _cell(c: CellLayout, planned: Optional[set], f: Findings) -> None:
         tags = [t for t in [latest.get("tag"), *(latest.get("tags") or [])] if isinstance(t, str)]
         missing = sorted({t for t in tags if not (c.checkpoints / t).is_dir()})
         if missing:
+            resume_step = None
             f.add("damaged", f"{c.latest_json}: names checkpoint(s) {', '.join(missing)} that are not in "
                              f"{c.checkpoints}; delete LATEST.json: the cell then restarts from step 0")
     for p in c.metrics_parts():
