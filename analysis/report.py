@@ -506,7 +506,7 @@ def write_report(report: dict, study_dir) -> tuple[Path, Path]:
     return rd / f"{name}.json", rd / f"{name}.md"
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """Every option's default after its help line (None: the help says what happens; a flag is off)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:

@@ -26,12 +26,18 @@ class UsageError(Exception):
     """A bad argument or a damaged input file: one sentence, exit code 2."""
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Module docstrings as written, and every option's default after its help line.
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default after its help line; a description of several lines (a module
+    docstring) as written, a one-line one wrapped.
 
     A default of None means "from the study" or "off": its help says which, so it is not
     printed; a flag (store_true) is off unless given.
     """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         h = action.help or ""
