@@ -242,7 +242,7 @@ def test_every_option_has_a_help_line_and_its_default(name, ap):
             continue
         assert a.help, f"{name}: {a.dest} has no help line"
         flag = isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction))
-        if a.option_strings and not flag and a.default is None:
+        if a.option_strings and not flag and not a.required and a.default is None:
             assert "default" in a.help, f"{name}: {a.option_strings[0]} does not say its default"
     positionals = [a for a in ap._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
     for a in positionals:

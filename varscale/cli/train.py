@@ -25,14 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     import faulthandler
     import signal
 
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: for hung runs
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
     from varscale.schema import CellLayout
 
     cell = CellLayout(Path(args.cell_dir))
     C.require(cell.config_json.exists(), f"no config.json in {args.cell_dir}")
     C.cell_config(cell)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack: for hung runs
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     from varscale.train.trainer import train_cell
 
     return train_cell(args.cell_dir)
