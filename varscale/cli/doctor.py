@@ -249,6 +249,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{kind:<8} {text}")
     n_bad, n_stale = f.count("damaged"), f.count("stale")
     verdict = "all files readable" if not n_bad else f"{n_bad} damaged"
-    print(f"{a.study_dir}: {f.checked} files checked: {verdict}, {n_stale} stale, {f.count('redo')} thing(s) "
+    print(f"{a.study_dir}: {f.checked} file(s) checked: {verdict}, {n_stale} stale, {f.count('redo')} thing(s) "
           "a rerun would do; nothing was changed")
     return 1 if n_bad else 0
