@@ -109,7 +109,7 @@ def _near(root: Path) -> str:
 
     parent = root.parent if str(root.parent) else Path(".")
     try:
-        names = [p.name for p in parent.iterdir() if (p / "study.yaml").is_file()]
+        names = [p.name for p in parent.iterdir() if StudyLayout(p).study_yaml.is_file()]
     except OSError:
         return ""
     m = difflib.get_close_matches(root.name, names, n=1)
@@ -121,7 +121,7 @@ def load_study(path: str):
     from varscale.config import ConfigError, load_study as _load, study_file
 
     f = study_file(path)
-    if f.name == "study.yaml":
+    if f == StudyLayout(f.parent).study_yaml:
         study_dir(str(f.parent))
     elif not f.is_file():
         raise UsageError(f"no study file at {path}")
@@ -240,34 +240,29 @@ def json_problem(path: Path, want: type = dict) -> Optional[str]:
 
 
 # what to do about each study file the commands read, when it is damaged
-_FIX = {
-    "config.json": "delete it: 'varscale run <study>' writes it again from study.yaml (the run id fixes its content)",
-    "status.json": "delete it (the cell's next run writes it again; its checkpoints and metrics stay)",
-    "plan.json": "delete it ('varscale plan' writes it again)",
-}
+FIX_CONFIG = "delete it: 'varscale run <study>' writes it again from study.yaml (the run id fixes its content)"
+FIX_STATUS = "delete it (the cell's next run writes it again; its checkpoints and metrics stay)"
+FIX_PLAN = "delete it ('varscale plan' writes it again)"
 
 
-def damaged_files(lay: StudyLayout, names: Sequence[str] = ("plan.json", "config.json", "status.json")
-                  ) -> list[tuple[Path, str]]:
+def damaged_files(lay: StudyLayout) -> list[tuple[Path, str]]:
     """(path, one sentence naming it and what to do) for each damaged JSON file of the study
-    that the commands read."""
-    paths: list[Path] = []
-    if "plan.json" in names:
-        paths.append(lay.plan_json)
+    that the commands read: plan.json, each cell's config.json and status.json."""
+    paths = [(lay.plan_json, FIX_PLAN)]
     for d in lay.cell_dirs():
         c = CellLayout(d)
-        paths += [p for p in (c.config_json, c.status_json) if p.name in names]
+        paths += [(c.config_json, FIX_CONFIG), (c.status_json, FIX_STATUS)]
     out = []
-    for p in paths:
+    for p, fix in paths:
         why = json_problem(p)
         if why:
-            out.append((p, f"{p} is damaged ({why}); {_FIX[p.name]}"))
+            out.append((p, f"{p} is damaged ({why}); {fix}"))
     return out
 
 
-def refuse_damaged(lay: StudyLayout, names: Sequence[str] = ("plan.json", "config.json", "status.json")) -> None:
+def refuse_damaged(lay: StudyLayout) -> None:
     """A UsageError naming the first damaged file (and how many more there are)."""
-    bad = damaged_files(lay, names)
+    bad = damaged_files(lay)
     if bad:
         more = f" ({len(bad) - 1} more damaged file(s): 'varscale doctor {lay.root}' lists them)" if len(bad) > 1 else ""
         raise UsageError(bad[0][1] + more)

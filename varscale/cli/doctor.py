@@ -63,7 +63,7 @@ def _plan(lay: StudyLayout, cfg, f: Findings) -> Optional[list]:
     if lay.plan_json.exists():
         f.checked += 1
     if why:
-        f.add("damaged", f"{lay.plan_json}: {why}; delete it ('varscale plan' writes it again)")
+        f.add("damaged", f"{lay.plan_json}: {why}; {C.FIX_PLAN}")
     cells = None
     if cfg is not None:
         from varscale.grid.cells import PlanError, plan_cells
@@ -181,8 +181,7 @@ def _cell(c: CellLayout, planned: Optional[set], f: Findings) -> None:
                 f.add("stale", f"{c.root}: not a cell of the current study.yaml; a rerun leaves it alone "
                                "(and the analysis still reads it)")
     bad_json, resume_step = False, None
-    for p, fix in ((c.status_json, "delete it (the cell's next run writes it again; its checkpoints and metrics stay)"),
-                   (c.latest_json, "delete it: the cell then restarts from step 0")):
+    for p, fix in ((c.status_json, C.FIX_STATUS), (c.latest_json, "delete it: the cell then restarts from step 0")):
         if p.exists():
             f.checked += 1
         why = C.json_problem(p)

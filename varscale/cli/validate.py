@@ -5,8 +5,6 @@ enough to say whether it is damaged; writes nothing.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from varscale.cli import common as C
 from varscale.config import dump_yaml, study_file
 
@@ -24,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     cfg = C.load_study(a.study_dir)
     f = study_file(a.study_dir)
-    if f.name == "study.yaml":
-        C.refuse_damaged(C.StudyLayout.of(Path(f).parent))
+    if f == C.StudyLayout(f.parent).study_yaml:
+        C.refuse_damaged(C.StudyLayout(f.parent))
     print(f"# {a.study_dir}: valid (config hash {cfg.hash()})")
     print(dump_yaml(cfg), end="")
     return 0
