@@ -760,9 +760,15 @@ def make_figures(study_dir, floor: str = "auto", formats=("png", "pdf"), out_dir
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="varscale figures", description=__doc__.split("\n")[0])
-    ap.add_argument("study_dir", help="runs/<study>")
+FORMATS = ("png", "pdf", "svg", "eps", "ps")  # what matplotlib's Agg, PDF, SVG and PS backends write
+
+
+def build_parser():
+    from .report import HelpFormatter
+
+    ap = argparse.ArgumentParser(prog="varscale figures", description=__doc__.split("\n")[0],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("study_dir", metavar="STUDY", help="study folder (runs/<study>)")
     ap.add_argument("--floor", default="auto", choices=FLOOR_CHOICES,
                     help="auto: reducible losses with the floor of report/fits.json (raw ones in *_raw "
                          "files); none: raw losses only; entropy, chinchilla, hand: the laws of "
@@ -775,10 +781,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="must match the fit's (default: what report/fits.json was fitted with)")
     ap.add_argument("--floor-last", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--floor-avg", type=float, help=argparse.SUPPRESS)
-    ap.add_argument("--formats", default="png,pdf")
-    a = ap.parse_args(argv)
-    if not Path(a.study_dir).is_dir():
-        print(f"varscale figures: no study folder at {a.study_dir}", file=sys.stderr)
+    ap.add_argument("--formats", default="png,pdf", help=f"comma-separated file formats, of {', '.join(FORMATS)}")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .report import check_study_dir
+
+    a = build_parser().parse_args(argv)
+    rc = check_study_dir("varscale figures", a.study_dir)
+    if rc is not None:
+        return rc
+    formats = tuple(f.strip() for f in a.formats.split(",") if f.strip())
+    bad = [f for f in formats if f not in FORMATS] or ([] if formats else ["(none)"])
+    if bad:
+        print(f"varscale figures: --formats {a.formats}: unknown format {bad[0]}; give some of "
+              f"{', '.join(FORMATS)}", file=sys.stderr)
         return 2
     if a.floor_last is not None or a.floor_avg is not None:
         print("varscale figures: a floor by hand is the fit's: run `varscale fit "
@@ -807,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not report_is_current(rep, df):
         print(f"varscale figures: note: report/{report_name(floor)}.json was fitted on {rep.get('rows')} evaluations, the "
               f"study has {len(df)} now; run `varscale fit {a.study_dir}` for laws through every point")
-    files = make_figures(a.study_dir, floor, tuple(a.formats.split(",")), report=rep)
+    files = make_figures(a.study_dir, floor, formats, report=rep)
     for p in files:
         print(p)
     return 0

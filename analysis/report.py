@@ -506,29 +506,134 @@ def write_report(report: dict, study_dir) -> tuple[Path, Path]:
     return rd / f"{name}.json", rd / f"{name}.md"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="varscale fit", description=__doc__.split("\n")[0])
-    ap.add_argument("study_dir", help="runs/<study>")
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default after its help line (None: the help says what happens; a flag is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        if "%(default)" in h or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return h
+        return h + " (default: %(default)s)"
+
+
+def _json_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable JSON object (None when it is one or is absent)."""
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as e:
+        return f"not a text file (byte {e.start} is not UTF-8)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if not text.strip():
+        return "the file is empty"
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        return f"not JSON ({e})"
+    return None if isinstance(raw, dict) else f"expected a JSON object, got {type(raw).__name__}"
+
+
+def _yaml_problem(path: Path) -> str | None:
+    """Why ``path`` (a study.yaml) is not a readable YAML mapping (None when it is one or is absent)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as e:
+        return f"not a text file (byte {e.start} is not UTF-8)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"YAML syntax: {getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}"
+    if raw is None:
+        return "the file is empty"
+    return None if isinstance(raw, dict) else f"expected a mapping of sections, got {type(raw).__name__}"
+
+
+def check_study_dir(prog: str, study_dir: str) -> int | None:
+    """Before any work of ``fit`` / ``figures``: 2 (said in one line) when ``study_dir`` is not a
+    study folder or a file the analysis reads is damaged, else None. A damaged cell
+    ``config.json`` (which the analysis does not read) is a warning and the cell stays in."""
+    lay = StudyLayout.of(study_dir)
+
+    def stop(sentence: str) -> int:
+        print(f"{prog}: {sentence}", file=sys.stderr)
+        return 2
+
+    if not lay.root.is_dir():
+        return stop(f"no study folder at {study_dir}")
+    if not lay.study_yaml.is_file() and not lay.cells_dir.is_dir():
+        return stop(f"{study_dir} is not a study folder (it has neither study.yaml nor cells/); "
+                    "give runs/<study>")
+    why = _yaml_problem(lay.study_yaml)
+    if why:
+        return stop(f"{lay.study_yaml} is damaged ({why}); restore it from version control or rewrite it "
+                    "(runs/README.md describes the format)")
+    why = _json_problem(lay.tokens_meta)
+    if why:
+        return stop(f"{lay.tokens_meta} is damaged ({why}); rebuild the token cache with "
+                    f"'varscale tokenize {study_dir} --force'")
+    for d in lay.cell_dirs():
+        c = lay.cell(d.name)
+        why = _json_problem(c.status_json)
+        if why:
+            return stop(f"{c.status_json} is damaged ({why}); delete it (the cell's next run writes it again; "
+                        "its checkpoints and metrics stay)")
+        why = _json_problem(c.config_json)
+        if why:
+            print(f"{prog}: warning: {c.config_json} is damaged ({why}); the analysis does not read it, the "
+                  f"cell's metrics are used; 'varscale run {study_dir}' needs it rewritten", file=sys.stderr)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="varscale fit", description=__doc__.split("\n")[0],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("study_dir", metavar="STUDY", help="study folder (runs/<study>)")
     ap.add_argument("--n-boot", type=int, default=DEFAULT_BOOT, help="bootstrap resamples (0: none)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap")
     ap.add_argument("--floor-last", type=float,
-                    help="irreducible last-scale loss by hand (nats); writes report/fits-floor-hand.*")
+                    help="irreducible last-scale loss by hand (nats); writes report/fits-floor-hand.* "
+                         "(default: the --floor-from rule)")
     ap.add_argument("--floor-avg", type=float,
-                    help="irreducible all-scale loss by hand (nats); writes report/fits-floor-hand.*")
+                    help="irreducible all-scale loss by hand (nats); writes report/fits-floor-hand.* "
+                         "(default: the --floor-from rule)")
     ap.add_argument("--no-floor", action="store_true",
                     help="no floor: every loss raw; writes report/fits-floor-none.*")
     ap.add_argument("--floor-from", choices=list(FLOOR_RULES), default="auto",
-                    help="the floor's source: auto (default: token entropy where it lies below every loss, "
+                    help="the floor's source: auto (token entropy where it lies below every loss, "
                          "else the Approach-3 E), entropy, chinchilla; other than auto writes "
                          "report/fits-floor-<source>.*")
     ap.add_argument("--x", default="n_params",
-                    choices=["n_params", "n_params_blocks", "n_params_nonembedding"])
-    ap.add_argument("--compute", default="flops", choices=["flops", "flops_6nd"])
+                    choices=["n_params", "n_params_blocks", "n_params_nonembedding"],
+                    help="the size axis N: all parameters, transformer blocks only, or non-embedding")
+    ap.add_argument("--compute", default="flops", choices=["flops", "flops_6nd"],
+                    help="the compute axis C: exact training FLOPs or 6 N D")
     ap.add_argument("--quiet", action="store_true", help="no table on the terminal")
-    a = ap.parse_args(argv)
-    if not Path(a.study_dir).is_dir():
-        print(f"varscale fit: no study folder at {a.study_dir}", file=sys.stderr)
-        return 2
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    rc = check_study_dir("varscale fit", a.study_dir)
+    if rc is not None:
+        return rc
+    for name, v in (("--n-boot", a.n_boot),):
+        if v < 0:
+            print(f"varscale fit: {name} must be >= 0 (0: no bootstrap), got {v}", file=sys.stderr)
+            return 2
+    for name, v in (("--floor-last", a.floor_last), ("--floor-avg", a.floor_avg)):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            print(f"varscale fit: {name} must be a loss in nats (>= 0), got {v:g}", file=sys.stderr)
+            return 2
     rep = fit_study(a.study_dir, n_boot=a.n_boot, seed=a.seed, floor_last=a.floor_last,
                     floor_avg=a.floor_avg, use_floor=not a.no_floor, x_col=a.x, c_col=a.compute,
                     floor_from=a.floor_from)

@@ -25,6 +25,33 @@ from varscale.config import (ArchConfig, DataConfig, EvaluationConfig, Execution
                              TrainingConfig, to_plain, digest, from_plain, hash_view, opt)
 
 _NEVER = "never"  # how and where a cell runs, not what it computes
+_REPLAN = "delete it: 'varscale run <study>' writes it again from study.yaml (the run id fixes its content)"
+
+
+def read_config_json(path: str | os.PathLike) -> dict:
+    """The mapping in a cell's ``config.json``; a file that is not one (unreadable, not text, not
+    JSON, empty, a list) is a ``ConfigError`` of one line naming it and saying what to do."""
+    from varscale.config import ConfigError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:  # stays what it was: callers say "no cell" themselves
+        raise
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not a text file (byte {e.start} is not UTF-8); {_REPLAN}"], str(p), "cell config") from None
+    except OSError as e:
+        raise ConfigError([f"cannot be read ({e.strerror or e})"], str(p), "cell config") from None
+    if not text.strip():
+        raise ConfigError([f"the file is empty; {_REPLAN}"], str(p), "cell config")
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise ConfigError([f"not JSON ({e}); {_REPLAN}"], str(p), "cell config") from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"<root>: expected a JSON object, got {type(raw).__name__}; {_REPLAN}"],
+                          str(p), "cell config")
+    return raw
 
 
 @dataclass
@@ -75,7 +102,7 @@ class CellConfig:
     @classmethod
     def load(cls, cell_dir: str | os.PathLike) -> "CellConfig":
         p = CellLayout(Path(cell_dir)).config_json
-        return cls.from_dict(json.loads(p.read_text()), str(p))
+        return cls.from_dict(read_config_json(p), str(p))
 
     def study_config(self):
         """A StudyConfig with this cell's sections (for the tokenizer loader and friends)."""

@@ -735,14 +735,40 @@ def load_study(path: str | Path) -> StudyConfig:
     f = study_file(path)
     if not f.exists():
         raise ConfigError([f"no study file at {f}"])
-    try:
-        raw = yaml.safe_load(f.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError([f"YAML syntax: {e}"], str(f)) from None
+    raw = read_study_yaml(f)
     cfg = from_dict(raw, str(f))
     if cfg.name == "study" and "name" not in (raw or {}):
         cfg.name = f.parent.name
     return cfg
+
+
+_RESTORE = "restore it from version control or rewrite it (runs/README.md describes the format)"
+
+
+def read_study_yaml(f: Path) -> dict:
+    """The top-level mapping of a study file; a file that is not one (unreadable, not text,
+    not YAML, empty, a list) is a ConfigError of one line that names it and says what to do."""
+    try:
+        text = f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not a text file (byte {e.start} is not UTF-8); {_RESTORE}"], str(f)) from None
+    except OSError as e:
+        raise ConfigError([f"cannot be read ({e.strerror or e}); check that it is a file you may read"],
+                          str(f)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        # PyYAML's own message spans several lines (context, marks); one line is enough here
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"YAML syntax: {what}{where}; fix it or {_RESTORE}"], str(f)) from None
+    if raw is None:
+        raise ConfigError([f"the file is empty; {_RESTORE}"], str(f))
+    if not isinstance(raw, dict):
+        raise ConfigError([f"<root>: expected a mapping of sections (data:, model:, budgets:, ...), got "
+                           f"{type(raw).__name__}; {_RESTORE}"], str(f))
+    return raw
 
 
 def load_study_for_cli(path: str | Path) -> Optional[StudyConfig]:

@@ -27,14 +27,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("varscale.cli.sample", "generate class-conditional samples from a cell"),
     "edit": ("varscale.cli.edit", "zero-shot in-/out-painting and class editing"),
     "quality": ("varscale.cli.quality", "classifier accuracy and Frechet distance of samples"),
+    "doctor": ("varscale.cli.doctor", "check every file of a study: damaged, stale, what a rerun redoes"),
 }
+
+
+def version() -> str:
+    """``varscale.__version__``: the version of the code that runs (a checkout on PYTHONPATH
+    too; pyproject.toml carries the same number for the installed distribution)."""
+    import varscale
+
+    return varscale.__version__
 
 
 def _usage() -> str:
     w = max(map(len, COMMANDS))
     lines = ["usage: varscale <command> [args]", "", "commands:"]
     lines += [f"  {k:<{w}}  {v[1]}" for k, v in COMMANDS.items()]
-    lines += ["", "'varscale <command> -h' for a command's options"]
+    lines += ["", "'varscale <command> -h' for a command's options; 'varscale --version' for the version"]
     return "\n".join(lines)
 
 
@@ -42,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"varscale {version()}")
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:

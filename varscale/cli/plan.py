@@ -1,30 +1,39 @@
 """``varscale plan <study-dir>``: the cells of a study and their cost (``varscale.grid.plan``)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from varscale.cli import common as C
 from varscale.grid import plan as P
 
+PROG = "varscale plan"
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="varscale plan", description=P.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", help="study folder (with study.yaml) or a yaml file")
-    ap.add_argument("--flops-per-s", type=float, help="FLOP/s of one cell, for the time estimate")
-    ap.add_argument("--threads", type=int, help="threads per cell for the CPU estimate")
+
+def build_parser():
+    ap = C.parser(PROG, description=P.__doc__)
+    C.add_study_arg(ap, "study folder (runs/<study>, holding study.yaml) or a yaml file")
+    ap.add_argument("--flops-per-s", type=float,
+                    help="FLOP/s of one cell, for the time estimate (default: measured by the study's cells, else guessed)")
+    ap.add_argument("--threads", type=int,
+                    help="threads per cell for the CPU estimate (default: execution.threads or cores / parallel)")
     ap.add_argument("--no-write", action="store_true", help="do not write plan.json")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
-    a = ap.parse_args(argv)
-    from varscale.config import load_study_for_cli, study_file
+    return ap
+
+
+@C.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    from varscale.config import study_file
     from varscale.grid.cells import PlanError, plan_cells
     from varscale.schema import StudyLayout
 
-    cfg = load_study_for_cli(a.study)
-    if cfg is None:
-        return 2
-    layout = StudyLayout.of(study_file(a.study).parent)
+    C.positive("--flops-per-s", a.flops_per_s)
+    C.positive("--threads", a.threads)
+    cfg = C.load_study(a.study_dir)
+    layout = StudyLayout.of(study_file(a.study_dir).parent)
+    C.refuse_damaged(layout)
     try:
         cells = plan_cells(cfg, layout.root)
     except PlanError as e:

@@ -6,15 +6,18 @@ import signal
 import time
 from typing import Any
 
+from varscale.cli import common as C
 from varscale.grid import executors as X
 from varscale.grid import launch
 
 
+PROG = "varscale run"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="varscale run", description=launch.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", help="study folder (with study.yaml)")
-    ap.add_argument("--executor", choices=list(X.EXECUTORS), help="default: execution.executor")
+    ap = C.parser(PROG, description=launch.__doc__)
+    C.add_study_arg(ap)
+    ap.add_argument("--executor", choices=list(X.EXECUTORS), help="where the cells run (default: execution.executor)")
     ap.add_argument("--parallel", type=int, help="cells at a time (default: execution.parallel)")
     ap.add_argument("--threads", type=int, help="torch threads per cell (default: execution.threads or cores / parallel)")
     ap.add_argument("--nproc", type=int, help="processes per cell (default: execution.nproc_per_node)")
@@ -23,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prepare-here", action="store_true",
                     help="slurm executor: train the tokenizer and encode the tokens in this process, not as a job")
     ap.add_argument("--no-analysis", action="store_true", help="stop after the cells (no fit, no figures)")
-    ap.add_argument("--cells", metavar="GLOB", help="only the cells whose run id matches (e.g. 'd2-*')")
+    ap.add_argument("--cells", metavar="GLOB", help="only the cells whose run id matches (e.g. 'd2-*'; default: every cell)")
     ap.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                     help="progress bars (auto: only on a terminal)")
     return ap
@@ -33,16 +36,16 @@ def _interrupt_on_term(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@C.command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    from varscale.config import load_study_for_cli
     from varscale.grid.progress import Progress, say
-    from varscale.schema import StudyLayout
 
     a = build_parser().parse_args(argv)
-    cfg = load_study_for_cli(a.study)
-    if cfg is None:
-        return 2
-    layout = StudyLayout.of(a.study)
+    for name in ("--parallel", "--threads", "--nproc"):
+        C.positive(name, getattr(a, name[2:]))
+    layout = C.study_dir(a.study_dir)
+    cfg = C.load_study(a.study_dir)
+    C.refuse_damaged(layout)
     ex = cfg.execution
     opts = X.Options(parallel=a.parallel or ex.parallel, threads=a.threads or ex.threads,
                      nproc=a.nproc or ex.nproc_per_node, cluster=a.cluster)

@@ -1,24 +1,31 @@
 """``varscale tokenizer train|eval <study-dir>``: the study's VQVAE (``varscale.tokenizer.train``)."""
 from __future__ import annotations
 
-import argparse
 import sys
 
+from varscale.cli import common as C
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="varscale tokenizer", description="train the study's multi-scale VQVAE")
-    sub = ap.add_subparsers(dest="verb", required=True)
-    tr = sub.add_parser("train", help="train (or load) runs/<study>/tokenizer/vqvae.pt")
-    tr.add_argument("study_dir")
+PROG = "varscale tokenizer"
+
+
+def build_parser():
+    ap = C.parser(PROG, description="train the study's multi-scale VQVAE")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="{train,eval}")
+    tr = sub.add_parser("train", help="train (or load) runs/<study>/tokenizer/vqvae.pt",
+                        formatter_class=C.HelpFormatter)
+    C.add_study_arg(tr)
     tr.add_argument("--force", action="store_true", help="retrain even if a complete checkpoint exists")
-    ev = sub.add_parser("eval", help="validation PSNR and codebook utilisation of the study's tokenizer")
-    ev.add_argument("study_dir")
-    args = ap.parse_args(argv)
-    from varscale.config import load_study_for_cli
+    ev = sub.add_parser("eval", help="validation PSNR and codebook utilisation of the study's tokenizer",
+                        formatter_class=C.HelpFormatter)
+    C.add_study_arg(ev)
+    return ap
 
-    cfg = load_study_for_cli(args.study_dir)
-    if cfg is None:
-        return 2
+
+@C.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    C.study_dir(args.study_dir)
+    cfg = C.load_study(args.study_dir)
     from varscale.tokenizer.train import evaluate_tokenizer, train_tokenizer
 
     try:
@@ -27,6 +34,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             evaluate_tokenizer(args.study_dir, cfg)
     except (FileNotFoundError, ValueError) as e:  # a missing tokenizer, a collapsed one: one line
-        print(f"varscale tokenizer: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     return 0

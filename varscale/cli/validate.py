@@ -1,18 +1,29 @@
-"""``varscale validate <study-dir>``: print the fully resolved study config, or its errors."""
+"""``varscale validate <study-dir>``: print the fully resolved study config, or its errors.
+
+Also reads every existing cell's ``config.json`` (and ``plan.json``, ``status.json``) far
+enough to say whether it is damaged; writes nothing.
+"""
 from __future__ import annotations
 
-import argparse
+from varscale.cli import common as C
+from varscale.config import dump_yaml, study_file
 
-from varscale.config import dump_yaml, load_study_for_cli
+PROG = "varscale validate"
 
 
+def build_parser():
+    ap = C.parser(PROG, description=__doc__)
+    C.add_study_arg(ap, "study folder (runs/<study>, holding study.yaml) or a yaml file")
+    return ap
+
+
+@C.command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="varscale validate", description=__doc__)
-    ap.add_argument("study", help="study folder (with study.yaml) or a yaml file")
-    a = ap.parse_args(argv)
-    cfg = load_study_for_cli(a.study)
-    if cfg is None:
-        return 2
-    print(f"# {a.study}: valid (config hash {cfg.hash()})")
+    a = build_parser().parse_args(argv)
+    cfg = C.load_study(a.study_dir)
+    f = study_file(a.study_dir)
+    if f == C.StudyLayout(f.parent).study_yaml:
+        C.refuse_damaged(C.StudyLayout(f.parent))
+    print(f"# {a.study_dir}: valid (config hash {cfg.hash()})")
     print(dump_yaml(cfg), end="")
     return 0
