@@ -31,10 +31,9 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
+from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json, json_problem, yaml_problem
 
 from . import forms
 from . import headline as H
@@ -516,48 +515,6 @@ class HelpFormatter(argparse.HelpFormatter):
         return h + " (default: %(default)s)"
 
 
-def _json_problem(path: Path) -> str | None:
-    """Why ``path`` is not a readable JSON object (None when it is one or is absent)."""
-    import json
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError as e:
-        return f"not a text file (byte {e.start} is not UTF-8)"
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if not text.strip():
-        return "the file is empty"
-    try:
-        raw = json.loads(text)
-    except ValueError as e:
-        return f"not JSON ({e})"
-    return None if isinstance(raw, dict) else f"expected a JSON object, got {type(raw).__name__}"
-
-
-def _yaml_problem(path: Path) -> str | None:
-    """Why ``path`` (a study.yaml) is not a readable YAML mapping (None when it is one or is absent)."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError as e:
-        return f"not a text file (byte {e.start} is not UTF-8)"
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        return f"YAML syntax: {getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}"
-    if raw is None:
-        return "the file is empty"
-    return None if isinstance(raw, dict) else f"expected a mapping of sections, got {type(raw).__name__}"
-
-
 def check_study_dir(prog: str, study_dir: str) -> int | None:
     """Before any work of ``fit`` / ``figures``: 2 (said in one line) when ``study_dir`` is not a
     study folder or a file the analysis reads is damaged, else None. A damaged cell
@@ -573,21 +530,19 @@ def check_study_dir(prog: str, study_dir: str) -> int | None:
     if not lay.study_yaml.is_file() and not lay.cells_dir.is_dir():
         return stop(f"{study_dir} is not a study folder (it has neither study.yaml nor cells/); "
                     "give runs/<study>")
-    why = _yaml_problem(lay.study_yaml)
-    if why:
-        return stop(f"{lay.study_yaml} is damaged ({why}); restore it from version control or rewrite it "
-                    "(runs/README.md describes the format)")
-    why = _json_problem(lay.tokens_meta)
-    if why:
-        return stop(f"{lay.tokens_meta} is damaged ({why}); rebuild the token cache with "
-                    f"'varscale tokenize {study_dir} --force'")
+    # what the analysis reads besides the parquet: a damaged one stops it, with what to do
+    needed = [(lay.study_yaml, yaml_problem, "restore it from version control or rewrite it "
+               "(runs/README.md describes the format)"),
+              (lay.tokens_meta, json_problem, f"rebuild the token cache with 'varscale tokenize {study_dir} --force'")]
+    needed += [(lay.cell(d.name).status_json, json_problem, "delete it (the cell's next run writes it "
+                "again; its checkpoints and metrics stay)") for d in lay.cell_dirs()]
+    for path, problem, fix in needed:
+        why = problem(path)
+        if why:
+            return stop(f"{path} is damaged ({why}); {fix}")
     for d in lay.cell_dirs():
         c = lay.cell(d.name)
-        why = _json_problem(c.status_json)
-        if why:
-            return stop(f"{c.status_json} is damaged ({why}); delete it (the cell's next run writes it again; "
-                        "its checkpoints and metrics stay)")
-        why = _json_problem(c.config_json)
+        why = json_problem(c.config_json)
         if why:
             print(f"{prog}: warning: {c.config_json} is damaged ({why}); the analysis does not read it, the "
                   f"cell's metrics are used; 'varscale run {study_dir}' needs it rewritten", file=sys.stderr)

@@ -435,3 +435,54 @@ def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             cols.append(pa.nulls(t.num_rows, f.type))
     return pa.table(cols, schema=schema)
+
+
+# --------------------------------------------------------------------------- damaged files
+# One check per text file kind, used by the command line (varscale/cli) and by analysis alike:
+# each says in a phrase why a file is not what it should be, or None when it is (or is absent).
+
+
+def _text_problem(path: Path) -> tuple[Optional[str], Optional[str]]:
+    """(text, None), (None, why it cannot be read as text), or (None, None) when absent."""
+    try:
+        return Path(path).read_text(encoding="utf-8"), None
+    except FileNotFoundError:
+        return None, None
+    except UnicodeDecodeError as e:
+        return None, f"not a text file (byte {e.start} is not UTF-8)"
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or e})"
+
+
+def json_problem(path: str | os.PathLike, want: type = dict) -> Optional[str]:
+    """Why ``path`` is not a readable JSON ``want`` (None when it is, or when it is absent)."""
+    text, why = _text_problem(Path(path))
+    if text is None:
+        return why
+    if not text.strip():
+        return "the file is empty"
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        return f"not JSON ({e})"
+    if not isinstance(raw, want):
+        return f"expected a JSON {'object' if want is dict else want.__name__}, got {type(raw).__name__}"
+    return None
+
+
+def yaml_problem(path: str | os.PathLike) -> Optional[str]:
+    """Why ``path`` (a study.yaml) is not a readable YAML mapping (None when it is, or is absent)."""
+    import yaml
+
+    text, why = _text_problem(Path(path))
+    if text is None:
+        return why
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"YAML syntax: {getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}"
+    if raw is None:
+        return "the file is empty"
+    return None if isinstance(raw, dict) else f"expected a mapping of sections, got {type(raw).__name__}"

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-from varscale.schema import CellLayout, StudyLayout
+from varscale.schema import CellLayout, StudyLayout, json_problem  # noqa: F401  (json_problem: C.json_problem)
 
 STUDY_METAVAR = "STUDY"  # the study folder's name in every command's usage line
 STUDY_HELP = "study folder (runs/<study>, holding study.yaml)"
@@ -178,6 +177,13 @@ def cell(lay: StudyLayout, run_id: str) -> CellLayout:
     raise UsageError(f"no cell {run_id} in {lay.cells_dir}{hint}; the cells are: {listing(ids)}")
 
 
+def study_cell(a):
+    """The parsed ``study_dir`` and ``--cell`` of a per-cell command: (layout, cell, CellConfig)."""
+    lay = study_dir(a.study_dir)
+    c = cell(lay, a.cell)
+    return lay, c, cell_config(c)
+
+
 def cell_config(c: CellLayout):
     """The cell's CellConfig; a damaged config.json is a UsageError naming it."""
     from varscale.cell import CellConfig
@@ -216,27 +222,6 @@ def classes(name: str, values: Optional[Iterable[int]], num_classes: int) -> Non
 
 
 # --------------------------------------------------------------------------- damaged files
-
-
-def json_problem(path: Path, want: type = dict) -> Optional[str]:
-    """Why ``path`` is not a readable JSON ``want`` (None when it is, or when it is absent)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError as e:
-        return f"not a text file (byte {e.start} is not UTF-8)"
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if not text.strip():
-        return "the file is empty"
-    try:
-        raw = json.loads(text)
-    except ValueError as e:
-        return f"not JSON ({e})"
-    if not isinstance(raw, want):
-        return f"expected a JSON {'object' if want is dict else want.__name__}, got {type(raw).__name__}"
-    return None
 
 
 # what to do about each study file the commands read, when it is damaged

@@ -42,6 +42,14 @@ class Findings:
     def count(self, kind: str) -> int:
         return sum(k == kind for k, _ in self.lines)
 
+    def json_file(self, path, fix: str) -> None:
+        """A JSON file that is optional: counted when present, damaged when unreadable."""
+        why = C.json_problem(path)
+        if path.exists():
+            self.checked += 1
+        if why:
+            self.add("damaged", f"{path}: {why}; {fix}")
+
 
 def _study(lay: StudyLayout, f: Findings):
     """The study's config, or None (said as damaged) when study.yaml cannot be loaded."""
@@ -59,11 +67,7 @@ def _plan(lay: StudyLayout, cfg, f: Findings) -> Optional[list]:
     """The cells the current study.yaml plans (None when it cannot be planned)."""
     from varscale.schema import read_json
 
-    why = C.json_problem(lay.plan_json)
-    if lay.plan_json.exists():
-        f.checked += 1
-    if why:
-        f.add("damaged", f"{lay.plan_json}: {why}; {C.FIX_PLAN}")
+    f.json_file(lay.plan_json, C.FIX_PLAN)
     cells = None
     if cfg is not None:
         from varscale.grid.cells import PlanError, plan_cells
@@ -104,11 +108,7 @@ def _tokenizer(lay: StudyLayout, cfg, f: Findings) -> None:
 
                 if obj.get("config_hash") != tokenizer_config_hash(cfg):
                     f.add("stale", f"{ckpt}: trained for another tokenizer config; a rerun trains it again")
-    why = C.json_problem(lay.tokenizer_metrics)
-    if lay.tokenizer_metrics.exists():
-        f.checked += 1
-    if why:
-        f.add("damaged", f"{lay.tokenizer_metrics}: {why}; delete it ('varscale tokenizer eval' writes it again)")
+    f.json_file(lay.tokenizer_metrics, "delete it ('varscale tokenizer eval' writes it again)")
 
 
 def _tokens(lay: StudyLayout, cfg, f: Findings) -> None:
@@ -237,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         new = sorted(planned - present)
         if new:
             f.add("redo", f"{len(new)} planned cell(s) not started ({C.listing(new, 4)}); a rerun trains them")
-    why = C.json_problem(lay.fits_json)
-    if lay.fits_json.exists():
-        f.checked += 1
-    if why:
-        f.add("damaged", f"{lay.fits_json}: {why}; delete it ('varscale fit' writes it again)")
+    f.json_file(lay.fits_json, "delete it ('varscale fit' writes it again)")
     for kind in ("damaged", "stale", "redo"):
         for k, text in f.lines:
             if k == kind:

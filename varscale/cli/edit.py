@@ -67,9 +67,7 @@ def check_val_index(cfg, idx) -> None:
 @C.command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(list(argv) if argv is not None else None)
-    lay = C.study_dir(a.study_dir)
-    cell = C.cell(lay, a.cell)
-    cfg = C.cell_config(cell)
+    lay, cell, cfg = C.study_cell(a)
     C.existing_file("--image", a.image)
     C.existing_file("--mask", a.mask)
     check_box(a.box)

@@ -46,9 +46,7 @@ def check_sampling(a) -> None:
 @C.command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(list(argv) if argv is not None else None)
-    lay = C.study_dir(a.study_dir)
-    cell = C.cell(lay, a.cell)
-    cfg = C.cell_config(cell)
+    lay, cell, cfg = C.study_cell(a)
     C.classes("--classes", a.classes, cfg.num_classes)
     C.positive("--n", a.n)
     check_sampling(a)
