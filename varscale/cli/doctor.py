@@ -42,13 +42,14 @@ class Findings:
     def count(self, kind: str) -> int:
         return sum(k == kind for k, _ in self.lines)
 
-    def json_file(self, path, fix: str) -> None:
-        """A JSON file that is optional: counted when present, damaged when unreadable."""
+    def json_file(self, path, fix: str) -> bool:
+        """A JSON file that is optional: counted when present, damaged when unreadable (False)."""
         why = C.json_problem(path)
         if path.exists():
             self.checked += 1
         if why:
             self.add("damaged", f"{path}: {why}; {fix}")
+        return not why
 
 
 def _study(lay: StudyLayout, f: Findings):
@@ -67,7 +68,7 @@ def _plan(lay: StudyLayout, cfg, f: Findings) -> Optional[list]:
     """The cells the current study.yaml plans (None when it cannot be planned)."""
     from varscale.schema import read_json
 
-    f.json_file(lay.plan_json, C.FIX_PLAN)
+    plan_ok = f.json_file(lay.plan_json, C.FIX_PLAN)
     cells = None
     if cfg is not None:
         from varscale.grid.cells import PlanError, plan_cells
@@ -76,7 +77,7 @@ def _plan(lay: StudyLayout, cfg, f: Findings) -> Optional[list]:
             cells = plan_cells(cfg, lay.root)
         except PlanError as e:
             f.add("damaged", f"{lay.study_yaml}: the study cannot be planned ({e})")
-    if cfg is not None and not why and lay.plan_json.exists():
+    if cfg is not None and plan_ok and lay.plan_json.exists():
         old = read_json(lay.plan_json) or {}
         if old.get("config_hash") != cfg.hash():
             f.add("stale", f"{lay.plan_json}: made from another study.yaml; 'varscale plan' or 'run' rewrites it")
