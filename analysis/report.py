@@ -65,12 +65,6 @@ def _approach3(fr, x_col: str, n_boot: int, seed: int, boot: StudyResample | Non
     return {m: form.fit(s, m)[0] for m in form.metrics}
 
 
-def chinchilla_floors(chin: dict, df) -> dict[str, float]:
-    """Per loss metric, the E of its Approach-3 fit where that is a floor (finite, > 0, below
-    every observed value)."""
-    return {m: d["E"] for m, d in H.choose_floors({}, chin, df, rule="chinchilla").items()}
-
-
 def _warning_notes(caught) -> list[str]:
     """One line per distinct warning raised while fitting (where it came from, what it said)."""
     out: list[str] = []

@@ -551,9 +551,15 @@ def _show(v: Any) -> str:
     return (s[:60] + "...") if len(s) > 60 else s + f" ({type(v).__name__})"
 
 
+def nearest(word: str, choices, cutoff: float = 0.6) -> Optional[str]:
+    """The choice closest to a mistyped ``word`` (None when none is close): every did-you-mean."""
+    m = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return m[0] if m else None
+
+
 def _did_you_mean(key: str, valid: list[str]) -> str:
-    m = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    return f" (did you mean '{m[0]}'?)" if m else ""
+    m = nearest(key, valid)
+    return f" (did you mean '{m}'?)" if m else ""
 
 
 def _build(cls: type, raw: dict, path: str, errors: list[str]) -> Any:
@@ -769,17 +775,6 @@ def read_study_yaml(f: Path) -> dict:
         raise ConfigError([f"<root>: expected a mapping of sections (data:, model:, budgets:, ...), got "
                            f"{type(raw).__name__}; {_RESTORE}"], str(f))
     return raw
-
-
-def load_study_for_cli(path: str | Path) -> Optional[StudyConfig]:
-    """``load_study`` for a command's ``main``: prints the errors and returns None on a bad file."""
-    try:
-        return load_study(path)
-    except ConfigError as e:
-        import sys
-
-        print(e, file=sys.stderr)
-        return None
 
 
 def dump_yaml(cfg: StudyConfig) -> str:

@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        import difflib
+        from varscale.config import nearest
 
-        m = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
-        hint = f" (did you mean '{m[0]}'?)" if m else ""
+        m = nearest(cmd, COMMANDS)
+        hint = f" (did you mean '{m}'?)" if m else ""
         print(f"varscale: unknown command '{cmd}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     entry = importlib.import_module(COMMANDS[cmd][0]).main

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
+from varscale.config import nearest
 from varscale.schema import CellLayout, StudyLayout, json_problem  # noqa: F401  (json_problem: C.json_problem)
 
 STUDY_METAVAR = "STUDY"  # the study folder's name in every command's usage line
@@ -104,15 +105,13 @@ def study_dir(path: str, need_yaml: bool = True) -> StudyLayout:
 
 def _near(root: Path) -> str:
     """' (did you mean X?)' for a mistyped study folder next to existing ones."""
-    import difflib
-
     parent = root.parent if str(root.parent) else Path(".")
     try:
         names = [p.name for p in parent.iterdir() if StudyLayout(p).study_yaml.is_file()]
     except OSError:
         return ""
-    m = difflib.get_close_matches(root.name, names, n=1)
-    return f" (did you mean {parent / m[0]}?)" if m else ""
+    m = nearest(root.name, names)
+    return f" (did you mean {parent / m}?)" if m else ""
 
 
 def load_study(path: str):
@@ -170,10 +169,8 @@ def cell(lay: StudyLayout, run_id: str) -> CellLayout:
     ids = cell_ids(lay)
     if not ids:
         raise UsageError(f"no cell {run_id}: {lay.root} has no cells yet ('varscale run {lay.root}' writes them)")
-    import difflib
-
-    m = difflib.get_close_matches(run_id, ids, n=1, cutoff=0.5)
-    hint = f" (did you mean {m[0]}?)" if m else ""
+    m = nearest(run_id, ids, cutoff=0.5)
+    hint = f" (did you mean {m}?)" if m else ""
     raise UsageError(f"no cell {run_id} in {lay.cells_dir}{hint}; the cells are: {listing(ids)}")
 
 
