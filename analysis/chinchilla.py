@@ -115,17 +115,28 @@ def approach3(N, D, L, weights: np.ndarray | None = None, starts: np.ndarray | N
               delta: float = HUBER_DELTA, maxiter: int = 1000, ftol: float = 1e-12):
     """Batched Approach 3 without any polishing: returns (theta_best (R,5), f_best (R,),
     converged (R,), result of every start). ``weights`` (R, n) gives R weighted problems
-    (bootstrap resamples); each is started from every row of ``starts``."""
-    logN, logD, logL = (np.log(np.asarray(v, dtype=np.float64)) for v in (N, D, L))
-    n = logL.size
+    (bootstrap resamples); each is started from every row of ``starts``.
+
+    Many studies on one design at once: ``L`` (R, n) gives problem r its own losses (with
+    ``weights`` (R, n) or none), and ``starts`` (R, K, 5) its own starts."""
+    logN, logD = (np.log(np.asarray(v, dtype=np.float64)) for v in (N, D))
+    logL = np.log(np.asarray(L, dtype=np.float64))
+    n = logL.shape[-1]
     W = None if weights is None else np.asarray(weights, dtype=np.float64)
-    S = hoffmann_grid() if starts is None else np.atleast_2d(np.asarray(starts, dtype=np.float64))
-    R, K = (1 if W is None else W.shape[0]), S.shape[0]
-    x0 = np.tile(S, (R, 1))  # problem j = resample j // K, start j % K
+    S = hoffmann_grid() if starts is None else np.asarray(starts, dtype=np.float64)
+    R = W.shape[0] if W is not None else (logL.shape[0] if logL.ndim == 2 else 1)
+    if S.ndim == 3:  # per-problem starts
+        K = S.shape[1]
+        x0 = S.reshape(R * K, 5)
+    else:
+        S = np.atleast_2d(S)
+        K = S.shape[0]
+        x0 = np.tile(S, (R, 1))  # problem j = resample j // K, start j % K
     wrow = np.repeat(np.arange(R), K)
 
     def fg1(th, rows):
-        return _objective(th, logN, logD, logL, None if W is None else W[wrow[rows]], delta)
+        lL = logL[wrow[rows]] if logL.ndim == 2 else logL
+        return _objective(th, logN, logD, lL, None if W is None else W[wrow[rows]], delta)
 
     def fg(th, rows):
         return _threaded(fg1, th, rows, n)
@@ -140,7 +151,8 @@ def approach3(N, D, L, weights: np.ndarray | None = None, starts: np.ndarray | N
 def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
                    groups: Sequence | None = None, n_boot: int = DEFAULT_BOOT, seed: int = 0,
                    delta: float = HUBER_DELTA, metric: str = "loss", group: str = "",
-                   boot_starts: int = 4, weights: np.ndarray | None = None) -> Fit:
+                   boot_starts: int = 4, weights: np.ndarray | None = None,
+                   starts: np.ndarray | None = None) -> Fit:
     """Fit L = E + A/N^alpha + B/D^beta by Hoffmann's Approach 3.
 
     The whole 4,500-start grid runs batched; the best few starts are then polished with
@@ -151,6 +163,7 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
     b_opt = alpha/(alpha+beta), the exponents of compute-optimal N and D in C.
     ``weights`` (n_boot, n) replaces the resamples by given ones (a ``StudyResample``'s, so
     that E moves with the laws fitted on L - E); bootstrap values land in ``fit.samples``.
+    ``starts`` replaces Hoffmann's grid (e.g. a subset of it, for many small fits).
     """
     N, D, L = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (N, D, L))
     ok = np.isfinite(N) & np.isfinite(D) & np.isfinite(L) & (N > 0) & (D > 0) & (L > 0)
@@ -173,7 +186,7 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
         return float(f[0]), g[0]
 
     # the grid only has to find the basin: the best five starts are polished below
-    _, _, _, grid = approach3(N, D, L, delta=delta, maxiter=200, ftol=1e-9)
+    _, _, _, grid = approach3(N, D, L, starts=starts, delta=delta, maxiter=200, ftol=1e-9)
     order = np.argsort(np.where(np.isfinite(grid.f), grid.f, np.inf))
     polished = []
     for i in order[:5]:

@@ -205,7 +205,30 @@ def _fit_study(study_dir, n_boot, seed, floor_last, floor_avg, use_floor, x_col,
             fits += [chin[m]] if f.name == "chinchilla" else f.fit(s, m)
             out["extrapolation"] += f.extrapolate(s, m)
     out["fits"] = [f.to_dict() for f in fits]
+    out["allocation"] = _allocation(chin, fits)
     _headline(out, slices, floor, E_samples, boot, x_col, c_col)
+    return out
+
+
+def _allocation(chin: dict, fits: list[Fit]) -> dict[str, dict]:
+    """Per loss: the exponents of N_opt ~ C^a and D_opt ~ C^b with 95% intervals, from
+    Approach 3 (a = beta/(alpha+beta), b = alpha/(alpha+beta)) and, where the study has
+    IsoFLOP slices, from Approach 2's parabolas (fits.json's ``allocation``)."""
+    out: dict[str, dict] = {}
+    for m in LOSSES:
+        row: dict = {}
+        f = chin.get(m)
+        if f is not None and math.isfinite(f.params.get("a_opt", float("nan"))):
+            row["approach3"] = {"a": f.params["a_opt"], "a_ci": f.ci.get("a_opt"),
+                                "b": f.params["b_opt"], "b_ci": f.ci.get("b_opt")}
+        iso = {g.metric: g for g in fits if g.form == "isoflop" and g.group == m}
+        fN = next((g for k, g in iso.items() if k.startswith("N_opt")), None)
+        fD = next((g for k, g in iso.items() if k.startswith("D_opt")), None)
+        if fN is not None and fD is not None:
+            row["approach2"] = {"a": fN.params.get("alpha"), "a_ci": fN.ci.get("alpha"),
+                                "b": fD.params.get("alpha"), "b_ci": fD.ci.get("alpha")}
+        if row:
+            out[m] = row
     return out
 
 
@@ -478,6 +501,21 @@ def format_markdown(report: dict) -> str:
             md.append(f"| {e['form']} | {_short(e['metric'])} | {e['group']} | {e.get('run_id') or ''} | "
                       f"{e['x_held_out']:.3g} | {e['predicted']:.4g} | {e['observed']:.4g} | "
                       f"{100 * e['rel_error']:+.2f}% |")
+    al = report.get("allocation") or {}
+    if al:
+        def ex(d, k):
+            return "" if not d or d.get(k) is None else f"{d[k]:.3f} {_ci(d.get(k + '_ci'), '{:.3f}')}"
+
+        md += ["", "## Compute-optimal allocation", "",
+               "N_opt ~ C^a and D_opt ~ C^b [95% CI]. Approach 3: a = beta/(alpha+beta), b = alpha/(alpha+beta) "
+               "of L = E + A/N^alpha + B/D^beta over every finished run; Approach 2: the vertices of per-budget "
+               "IsoFLOP parabolas (FLOP budgets with >= 3 sizes). `varscale allocate` gives N_opt and D_opt "
+               "at a budget.", "",
+               "| loss | Approach 3 a | Approach 3 b | Approach 2 a | Approach 2 b |", "|---|---|---|---|---|"]
+        for m, d in al.items():
+            a2 = d.get("approach2")
+            md.append(f"| {SHORT[m]} | {ex(d.get('approach3'), 'a')} | {ex(d.get('approach3'), 'b')} | "
+                      f"{ex(a2, 'a') or 'no IsoFLOP slices'} | {ex(a2, 'b') or 'no IsoFLOP slices'} |")
     for iso in report["isoflop"]:
         md += ["", f"## IsoFLOP parabolas ({_short(iso['metric'])})", "",
                "| budget | N_opt | L_opt | warning |", "|---|---|---|---|"]
@@ -567,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compute", default="flops", choices=["flops", "flops_6nd"],
                     help="the compute axis C: exact training FLOPs or 6 N D")
     ap.add_argument("--quiet", action="store_true", help="no table on the terminal")
+    ap.add_argument("--check-predictions", action="store_true",
+                    help="set the predictions written before training (predictions.json, from "
+                         "'varscale plan --predict-from') against the observed runs; writes "
+                         "report/predictions-check.{json,md} (the fits are not redone)")
     return ap
 
 
@@ -583,6 +625,20 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None and not (math.isfinite(v) and v >= 0):
             print(f"varscale fit: {name} must be a loss in nats (>= 0), got {v:g}", file=sys.stderr)
             return 2
+    if a.check_predictions:
+        from .check import CheckError, check_predictions, format_check, write_check
+
+        try:
+            c = check_predictions(a.study_dir)
+        except CheckError as e:
+            print(f"varscale fit: {e}", file=sys.stderr)
+            return 2
+        write_check(a.study_dir, c)
+        if not a.quiet:
+            print(format_check(c))
+        lay = StudyLayout.of(a.study_dir)
+        print(f"wrote {lay.check_json} and {lay.check_md}")
+        return 0
     rep = fit_study(a.study_dir, n_boot=a.n_boot, seed=a.seed, floor_last=a.floor_last,
                     floor_avg=a.floor_avg, use_floor=not a.no_floor, x_col=a.x, c_col=a.compute,
                     floor_from=a.floor_from)

@@ -172,6 +172,8 @@ class StudyLayout:
 
     study_yaml = property(lambda self: self.root / "study.yaml")  # committed; everything else is output
     plan_json = property(lambda self: self.root / "plan.json")  # the planned cells (`plan`, `run`)
+    # predicted metrics of every planned run, written before training (`plan --predict-from`)
+    predictions_json = property(lambda self: self.root / "predictions.json")
     prepare_traceback = property(lambda self: self.root / "prepare.traceback.txt")  # tokenizer/tokens failed
 
     def stage_lock(self, stage: str) -> Path:
@@ -210,6 +212,9 @@ class StudyLayout:
     report_dir = property(lambda self: self.root / "report")
     fits_json = property(lambda self: self.report_dir / "fits.json")
     fits_md = property(lambda self: self.report_dir / "fits.md")
+    # predicted against observed (`fit --check-predictions`)
+    check_json = property(lambda self: self.report_dir / "predictions-check.json")
+    check_md = property(lambda self: self.report_dir / "predictions-check.md")
 
     def stage_log(self, stage: str) -> Path:
         """What ``varscale run``'s fit / figures stage printed."""

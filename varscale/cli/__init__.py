@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("varscale.cli.train", "train one cell (a cells/<run_id> folder)"),
     "fit": ("analysis.report", "fit the scaling laws of a study; writes report/fits.*"),
     "figures": ("analysis.figures", "draw the paper's figures for a study into report/"),
+    "predict": ("varscale.cli.predict", "predicted metrics of untrained runs (depth or N, tokens or FLOPs)"),
+    "allocate": ("varscale.cli.allocate", "the compute-optimal size and tokens for a FLOP budget"),
     "sample": ("varscale.cli.sample", "generate class-conditional samples from a cell"),
     "edit": ("varscale.cli.edit", "zero-shot in-/out-painting and class editing"),
     "quality": ("varscale.cli.quality", "classifier accuracy and Frechet distance of samples"),

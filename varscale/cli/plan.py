@@ -19,7 +19,54 @@ def build_parser():
                     help="threads per cell for the CPU estimate (default: execution.threads or cores / parallel)")
     ap.add_argument("--no-write", action="store_true", help="do not write plan.json")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
+    ap.add_argument("--predict-from", metavar="PILOT",
+                    help="a finished study whose laws predict every planned run's metrics; written to "
+                         "<study>/predictions.json unless a run has trained since")
+    ap.add_argument("--n-boot", type=int, default=1000, help="resamples of the pilot's runs (--predict-from)")
     return ap
+
+
+def predicted_plan(cfg, layout, plan: dict, pilot: str, n_boot: int, write: bool) -> tuple[dict, list[str]]:
+    """The pilot's predictions for every planned run whose final evaluation is a result (not
+    a WSD stable run); written to predictions.json when ``write`` (see analysis/check.py)."""
+    from analysis.check import prediction_record, write_predictions
+    from analysis.predict import PredictError, predict
+    from varscale.cli.predict import study_and_predictor
+
+    _, P = study_and_predictor(pilot, n_boot, 0)
+    targets = [{"run_id": r["run_id"], "label": r["run_id"], "depth": r["depth"], "n_params": float(r["n_params"]),
+                "tokens": float(r["tokens"]), "flops": float(r["total_steps"] * r["flops_per_step"])}
+               for r in plan["cells"] if "-stable-" not in r["run_id"]]
+    try:
+        pred = predict(P, targets)
+    except PredictError as e:
+        raise C.UsageError(str(e)) from None
+    rec = prediction_record(pred, [{k: v for k, v in t.items() if k != "label"} for t in targets], pilot,
+                            cfg.hash())
+    msgs = []
+    if write:
+        msgs.append(write_predictions(layout.root, rec)[1])
+    return rec, msgs
+
+
+def format_predictions(rec: dict, plan: dict) -> str:
+    from varscale.grid.plan import _fmt_time
+
+    est = {r["run_id"]: r["est_seconds"] for r in plan["cells"]}
+    head = ["run_id", "N", "tokens", "FLOPs", "est.time", "L_last", "L_avg", "Err_last", "Err_avg  (95% new-run interval)"]
+    rows = []
+    for t in rec["targets"]:
+        m = t["metrics"]
+        cell = lambda k: f"{m[k]['predicted']:.4f} [{m[k]['pi'][0]:.3f}, {m[k]['pi'][1]:.3f}]"
+        rows.append([t["run_id"], f"{t['n_params']:.3g}", f"{t['tokens']:.3g}", f"{t['flops']:.3g}",
+                     _fmt_time(est.get(t["run_id"])), cell("test_loss_last"), cell("test_loss_avg"),
+                     cell("test_err_last"), cell("test_err_avg")])
+    w = [max(len(x) for x in col) for col in zip(head, *rows)]
+    out = [f"predicted by {rec['pilot']} (fit {rec['fit_hash']}, Approach 3 over N and D, {rec['n_boot']} resamples):"]
+    out += ["  ".join(h.ljust(n) for h, n in zip(head, w))]
+    out += ["  ".join(c.ljust(n) for c, n in zip(r, w)) for r in rows]
+    out += [f"warning: {t['run_id']}: {t['warning']}" for t in rec["targets"] if t.get("warning")]
+    return "\n".join(out)
 
 
 @C.command(PROG)
@@ -31,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
     C.positive("--flops-per-s", a.flops_per_s)
     C.positive("--threads", a.threads)
+    C.positive("--n-boot", a.n_boot)
+    if a.predict_from:
+        C.study_dir(a.predict_from)
     cfg = C.load_study(a.study_dir)
     layout = StudyLayout.of(study_file(a.study_dir).parent)
     C.refuse_damaged(layout)
@@ -42,12 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     plan = P.build_plan(cfg, layout, cells, a.flops_per_s, a.threads)
     if not a.no_write:
         P.write_plan(layout, cfg, cells, plan)
+    pred, msgs = (predicted_plan(cfg, layout, plan, a.predict_from, a.n_boot, not a.no_write)
+                  if a.predict_from else (None, []))
     if a.json:
-        print(json.dumps(plan, indent=1, default=str))
+        print(json.dumps(plan if pred is None else {**plan, "predictions": pred}, indent=1, default=str))
         return 0
     print(f"study {cfg.name} ({layout.root}): preset {cfg.model.preset}, depths {list(cfg.model.depths)}, "
           f"{len(plan['budgets'])} budget(s) in {cfg.budgets.unit}, seeds {list(cfg.seeds)}, design {cfg.budgets.design}")
     print(P.format_plan(plan))
     if not a.no_write:
         print(f"wrote {layout.plan_json}")
+    if pred is not None:
+        print()
+        print(format_predictions(pred, plan))
+        for m in msgs:
+            print(m)
     return 0
