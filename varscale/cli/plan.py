@@ -25,7 +25,7 @@ def build_parser():
 @C.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from varscale.config import study_file
+    from varscale.config import monitor_problems, study_file
     from varscale.grid.cells import PlanError, plan_cells
     from varscale.schema import StudyLayout
 
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"varscale plan: {e}", file=sys.stderr)
         return 2
     plan = P.build_plan(cfg, layout, cells, a.flops_per_s, a.threads)
+    for sentence in monitor_problems(cfg):  # a warning: the training nodes may have it
+        C.warn(PROG, sentence)
     if not a.no_write:
         P.write_plan(layout, cfg, cells, plan)
     if a.json:
