@@ -5,12 +5,16 @@ one process's within 1e-4. Each agent is what one node of a multi-node job runs:
     torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint HOST:PORT \\
              --rdzv-id <job> -m varscale.cli train runs/<study>/cells/<run_id>
 
+(with ``--rdzv-backend c10d`` the rendezvous numbers the nodes; ``--node-rank`` is for the
+static backend, ``--master-addr HOST --master-port PORT --node-rank K``).
+
 Class dropout and drop-path draw per rank, so they are off (as in test_trainer_dist.py).
 """
 import shutil
 import subprocess
 
 import numpy as np
+import pytest
 
 from test_trainer_kit import PY, TRAIN, env, make_study, metrics
 from varscale.train.engine import free_port
@@ -18,13 +22,14 @@ from varscale.train.engine import free_port
 NO_NOISE = {"class_dropout": 0.0, "drop_path": False}
 
 
-def agent(cell_dir, port: int, node_rank: int, log) -> subprocess.Popen:
+def agent(cell_dir, port: int, log) -> subprocess.Popen:
     cmd = [PY, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "varscale-test",
-           "--node-rank", str(node_rank), "--no-python", *TRAIN, str(cell_dir)]
+           "--no-python", *TRAIN, str(cell_dir)]
     return subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow  # three trainer start-ups: 54-77 s on the 2-core CI machine
 def test_two_agents_reproduce_one_process(tmp_path):
     _, cells = make_study(tmp_path / "one", model=NO_NOISE, budgets={"values": [16 * 5 * 10]},
                           training={"zero_stage": 2, "checkpoint_every": 5},
@@ -38,7 +43,7 @@ def test_two_agents_reproduce_one_process(tmp_path):
     assert r1.returncode == 0, r1.stderr[-3000:]
     port = free_port()
     logs = [open(tmp_path / f"agent{k}.log", "w+") for k in range(2)]
-    procs = [agent(two, port, k, logs[k]) for k in range(2)]
+    procs = [agent(two, port, logs[k]) for k in range(2)]  # the rendezvous numbers the nodes
     try:
         rcs = [p.wait(timeout=600) for p in procs]
     finally:
