@@ -141,7 +141,7 @@ def sbatch_script(cfg: "StudyConfig", layout: StudyLayout, n_cells: int, opts: O
             f.chmod(0o755)
         old_path = os.environ.get("PATH", "")
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{old_path}"
-        folder = Path(tmp) / "slurm"  # submitit's pickles stay out of the study folder
+        folder = Path(tmp) / "jobs"  # submitit's pickles stay out of the study folder
         try:
             x = SlurmExecutor(layout.root, ex.slurm, parallel=opts.parallel, threads=opts.threads,
                               nproc=opts.nproc, cluster="slurm", folder=folder)
