@@ -64,3 +64,70 @@ def test_plan_order_and_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "varscale.cli", "status", str(tmp_path), "--json"],
                        capture_output=True, text=True)
     assert json.loads(r.stdout)["totals"]["done"] == 1
+
+
+# --------------------------------------------------------------------------- --watch
+
+
+def test_watch_ends_at_once_when_every_cell_has_ended(tmp_path, capsys):
+    _cell(tmp_path, "a-done", {"state": "done", "step": 100}, "done\n")
+    _cell(tmp_path, "b-fail", {"state": "failed", "step": 10}, tb="Traceback...\nRuntimeError: boom\n")
+    assert status_cli.main([str(tmp_path), "--watch", "--interval", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("every cell has ended") == 1 and "a-done" in out and "2 cells:" in out
+
+
+def test_watch_redraws_until_told_to_stop(tmp_path, capsys):
+    _cell(tmp_path, "a-done", {"state": "done", "step": 100}, "done\n")
+    _cell(tmp_path, "b-new")
+    assert status_cli.main([str(tmp_path), "--watch", "--interval", "0.01", "--max-refreshes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Ctrl-C stops") == 3 and out.count("b-new") == 3
+
+
+def test_watch_follows_a_cell_to_its_end(tmp_path):
+    import io
+
+    _cell(tmp_path, "a-done", {"state": "done", "step": 100}, "done\n")
+    d = _cell(tmp_path, "b-run", {"state": "running", "step": 10})
+    steps = iter([40, 100])
+
+    def sleep(_):  # the trainer moves on between two frames
+        s = next(steps)
+        (d / "status.json").write_text(json.dumps({"state": "done" if s == 100 else "running", "step": s}))
+        if s == 100:
+            (d / "DONE").write_text("done\n")
+
+    def frame():
+        cells = S.study_cells(tmp_path)
+        return S.format_table(cells), S.all_ended(cells)
+
+    out = io.StringIO()
+    assert S.watch(frame, 1.0, out=out, sleep=sleep) == 3
+    frames = out.getvalue().split("every 1 s")
+    assert "10/100" in frames[1] and "40/100" in frames[2] and "100/100" in frames[3]
+
+
+def test_watch_stops_on_ctrl_c_without_a_traceback(tmp_path):
+    import signal
+    import time
+
+    _cell(tmp_path, "a-new")
+    p = subprocess.Popen([sys.executable, "-m", "varscale.cli", "status", str(tmp_path), "--watch",
+                          "--interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Ctrl-C stops" in p.stdout.readline() + p.stdout.readline()
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and "Traceback" not in err, err
+
+
+def test_watch_argument_checks(tmp_path, capsys):
+    _cell(tmp_path, "a-new")
+    assert status_cli.main([str(tmp_path), "--watch", "--json"]) == 2
+    assert status_cli.main([str(tmp_path), "--watch", "--interval", "0"]) == 2
+    assert "--interval must be > 0" in capsys.readouterr().err

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from varscale.schema import CellLayout
-from varscale.config import (ArchConfig, DataConfig, EvaluationConfig, ExecutionConfig, TokenizerConfig,
-                             TrainingConfig, to_plain, digest, from_plain, hash_view, opt)
+from varscale.config import (ArchConfig, DataConfig, EvaluationConfig, ExecutionConfig, MonitorConfig,
+                             TokenizerConfig, TrainingConfig, to_plain, digest, from_plain, hash_view, opt)
 
 _NEVER = "never"  # how and where a cell runs, not what it computes
 _REPLAN = "delete it: 'varscale run <study>' writes it again from study.yaml (the run id fixes its content)"
@@ -89,6 +89,8 @@ class CellConfig:
     branch_from: Optional[str] = opt(None, hash="always")
     branch_step: Optional[int] = opt(None, hash="always")
     keep_steps: list[int] = opt(factory=list, hash="always")
+    # live curves (DeepSpeed's monitor): how the run is watched, not what it computes
+    monitor: MonitorConfig = opt(factory=MonitorConfig, hash=_NEVER)
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:

@@ -389,6 +389,42 @@ class ExecutionConfig:
         return max(self.nproc_per_node, 1) * max(nodes, 1)
 
 
+MONITOR_BACKENDS = ("tensorboard", "wandb", "csv")
+# the module each backend needs (the `monitor` extra of pyproject.toml installs them); csv
+# is DeepSpeed's own writer and needs nothing
+MONITOR_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "csv": None}
+
+
+@dataclass
+class MonitorConfig:
+    """Live curves of every cell through DeepSpeed's monitor (``varscale.train.monitor``).
+
+    How a run is watched, not what it learns: outside every hash, so a finished study may
+    turn it on or off without re-running a cell. ``backends`` empty (the default) is off;
+    the files land in ``cells/<run_id>/monitor/<backend>/``.
+    """
+
+    backends: list[Literal["tensorboard", "wandb", "csv"]] = opt(factory=list, hash="never")
+    # W&B: "offline" writes runs to the cell folder (upload later with `wandb sync`);
+    # "online" needs the network on the machine that trains
+    wandb_mode: Literal["offline", "online"] = opt("offline", hash="never")
+    wandb_project: Optional[str] = opt(None, hash="never")  # None: the study's name
+
+
+def monitor_problems(cfg: "StudyConfig") -> list[str]:
+    """One sentence per monitor backend the study names that is not installed here (a cell
+    trains without it; a cluster node may have it where the login node does not)."""
+    import importlib.util
+
+    out = []
+    for b in cfg.monitor.backends:
+        mod = MONITOR_MODULES.get(b)
+        if mod and importlib.util.find_spec(mod) is None:
+            out.append(f"monitor.backends: {b} is not installed here (pip install 'varscale[monitor]'); "
+                       f"cells trained on this machine log to the other backends only")
+    return out
+
+
 @dataclass
 class StudyConfig:
     name: str = opt("study", hash="always")
@@ -401,6 +437,7 @@ class StudyConfig:
     training: TrainingConfig = opt(factory=TrainingConfig, hash="always")
     evaluation: EvaluationConfig = opt(factory=EvaluationConfig, hash="always")
     execution: ExecutionConfig = opt(factory=ExecutionConfig, hash="always")
+    monitor: MonitorConfig = opt(factory=MonitorConfig, hash="never")
 
     # ------------------------------------------------------------------ helpers
     def to_dict(self) -> dict[str, Any]:
@@ -717,6 +754,8 @@ def _check_values(c: StudyConfig) -> list[str]:
         e.append(f"execution.parallel: must be >= 1, got {c.execution.parallel}")
     if c.tokenizer.steps < 0:
         e.append(f"tokenizer.steps: must be >= 0, got {c.tokenizer.steps}")
+    if len(set(c.monitor.backends)) != len(c.monitor.backends):
+        e.append(f"monitor.backends: duplicate backends in {c.monitor.backends}")
     return e
 
 

@@ -296,6 +296,12 @@ class CellLayout:
     lock = property(lambda self: self.root / "LOCK")
     log = property(lambda self: self.root / "train.log")
     traceback = property(lambda self: self.root / "traceback.txt")
+    # live curves (study.yaml `monitor:`): DeepSpeed's monitor writes monitor/<backend>/
+    # (csv: one <tag>.csv per series; tensorboard: event files; wandb: offline runs)
+    monitor_dir = property(lambda self: self.root / "monitor")
+
+    def monitor_backend_dir(self, backend: str) -> Path:
+        return self.monitor_dir / backend
 
     def metrics_part(self, index: int) -> Path:
         return self.metrics_dir / part_name(index)

@@ -72,7 +72,7 @@ def format_predictions(rec: dict, plan: dict) -> str:
 @C.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from varscale.config import study_file
+    from varscale.config import monitor_problems, study_file
     from varscale.grid.cells import PlanError, plan_cells
     from varscale.schema import StudyLayout
 
@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"varscale plan: {e}", file=sys.stderr)
         return 2
     plan = P.build_plan(cfg, layout, cells, a.flops_per_s, a.threads)
+    for sentence in monitor_problems(cfg):  # a warning: the training nodes may have it
+        C.warn(PROG, sentence)
     if not a.no_write:
         P.write_plan(layout, cfg, cells, plan)
     pred, msgs = (predicted_plan(cfg, layout, plan, a.predict_from, a.n_boot, not a.no_write)

@@ -6,7 +6,7 @@ enough to say whether it is damaged; writes nothing.
 from __future__ import annotations
 
 from varscale.cli import common as C
-from varscale.config import dump_yaml, study_file
+from varscale.config import dump_yaml, monitor_problems, study_file
 
 PROG = "varscale validate"
 
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     f = study_file(a.study_dir)
     if f == C.StudyLayout(f.parent).study_yaml:
         C.refuse_damaged(C.StudyLayout(f.parent))
+    for sentence in monitor_problems(cfg):  # a warning: the training nodes may have it
+        C.warn(PROG, sentence)
     print(f"# {a.study_dir}: valid (config hash {cfg.hash()})")
     print(dump_yaml(cfg), end="")
     return 0

@@ -106,7 +106,7 @@ def plan_cells(cfg: StudyConfig, study_dir: str | os.PathLike) -> list[CellConfi
         study=cfg.name, study_dir=str(Path(study_dir)), preset=cfg.model.preset,
         num_classes=num_classes, seq_len=L, batch_size=B, world_size=cfg.execution.world_size,
         model=model, training=cfg.training, evaluation=cfg.evaluation,
-        data=cfg.data, tokenizer=cfg.tokenizer, execution=cfg.execution,
+        data=cfg.data, tokenizer=cfg.tokenizer, execution=cfg.execution, monitor=cfg.monitor,
     )
     unit = cfg.budgets.unit
     ev = cfg.evaluation
@@ -190,7 +190,7 @@ def make_run_id(c: CellConfig) -> str:
 
 # --------------------------------------------------------------------------- files
 
-_RUN_PLACE = ("study_dir", "execution", "world_size")  # may differ for the same cell
+_RUN_PLACE = ("study_dir", "execution", "world_size", "monitor")  # may differ for the same cell
 
 
 def write_cell(study_dir: str | os.PathLike, cell: CellConfig) -> Path:

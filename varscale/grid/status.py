@@ -12,17 +12,25 @@ A cell's state, from its folder:
   running   LOCK is held by a live process (same host), or a fresh heartbeat (other host)
   failed    status.json says failed, or a traceback.txt is left; retried by the next run
   pending   anything else; ``step`` > 0 means it resumes from its last checkpoint
+
+``watch`` redraws a view every few seconds (``varscale status --watch``) until every cell
+has ended (done, diverged or failed: a launcher retries a failed cell only when it is run
+again), clearing the screen between frames on a terminal.
 """
 from __future__ import annotations
 
+import datetime as _dt
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TextIO
 
 from varscale.grid.lock import FileLock, describe
 from varscale.schema import CellLayout, StudyLayout, read_json
 
 STATES = ("pending", "running", "done", "failed", "diverged")
+ENDED = ("done", "diverged", "failed")  # nothing runs these until someone starts `varscale run` again
 
 
 @dataclass
@@ -175,3 +183,31 @@ def format_totals(t: dict) -> str:
     parts = [f"{t[s]} {s}" for s in STATES if t[s]]
     frac = f" ({100 * t['flops_spent'] / t['flops_planned']:.0f}% of planned FLOPs)" if t["flops_planned"] else ""
     return f"{t['cells']} cells: " + (", ".join(parts) or "none") + frac
+
+
+def all_ended(cells: list[CellState]) -> bool:
+    """Every cell done, diverged or failed (False while none is planned: a launcher may plan them)."""
+    return bool(cells) and all(c.state in ENDED for c in cells)
+
+
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, erase the screen
+
+
+def watch(frame: Callable[[], tuple[str, bool]], interval_s: float, max_refreshes: Optional[int] = None,
+          out: Optional[TextIO] = None, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Print ``frame()`` -> (text, finished) every ``interval_s`` until it says finished (or
+    after ``max_refreshes`` frames); the number of frames drawn. A terminal is cleared before
+    each frame; anything else (a pipe, a log file) gets the frames one after another."""
+    out = out or sys.stdout
+    tty = out.isatty()
+    n = 0
+    while True:
+        text, finished = frame()
+        n += 1
+        stamp = _dt.datetime.now().strftime("%H:%M:%S")
+        head = f"{stamp}  every {interval_s:g} s; " + ("every cell has ended" if finished else "Ctrl-C stops")
+        out.write((CLEAR if tty else ("\n" if n > 1 else "")) + head + "\n" + text + "\n")
+        out.flush()
+        if finished or (max_refreshes is not None and n >= max_refreshes):
+            return n
+        sleep(interval_s)

@@ -13,6 +13,7 @@ the run record) and ``model`` (the tokenizer and the VAR). Everything lands in t
     record.parquet        one RUN_SCHEMA row at the end (done, diverged or failed)
     DONE                  the final state, written last: the grid skips such cells
     traceback.txt         on failure
+    monitor/<backend>/    live curves when the study has a ``monitor`` section (``monitor.py``)
 
 Crash safety: a checkpoint counts only once ``checkpoints/LATEST.json`` names it, and that
 file is replaced atomically after every rank finished writing. Rerunning an interrupted cell
@@ -44,6 +45,7 @@ from varscale.schema import CellLayout, StudyLayout, atomic_write_json
 from varscale.train.batches import Batches, TeacherForcing, precompute_plan, step_seed
 from varscale.train.checkpoint import Checkpoints
 from varscale.train.model import build_model, load_vae
+from varscale.train.monitor import CellMonitor, ds_keys
 from varscale.train.records import ModelSize, Progress, Records, Window, last_written_row, mark_failed
 
 EXIT_DONE, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
@@ -121,9 +123,11 @@ class CellRun:
                              zero_stage=int(tr.zero_stage), lr=self.schedule.peak * 0.005,
                              betas=tuple(tr.betas), weight_decay=tr.weight_decay,
                              grad_clip=tr.grad_clip, precision=tr.precision, device=self.device.type)
+        ds_cfg.update(ds_keys(c.monitor, self.layout, c.study, log=self.records.log))  # live curves
         if self.rank == 0:
             atomic_write_json(self.layout.ds_config_json, ds_cfg)
         self.engine = E.initialize(model, ds_cfg, tr.weight_decay)
+        self.monitor = CellMonitor(self.engine, self.layout, c.batch_size, main=self.rank == 0)
         self.zero_stage = int(tr.zero_stage)
         self.bf16 = tr.precision == "bf16"
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if self.bf16 \
@@ -224,6 +228,7 @@ class CellRun:
                      max_images=ev.max_images, rank=self.rank, world=self.world,
                      autocast=self.autocast() if self.bf16 else None, scale_slices=self.slices)
         row = self.records.write_row(eval_index, self.p, m)
+        self.monitor.evaluation(self.p.step, row)
         self.p.since_row = Window()
         self.last_row = row
         self.p.timing["eval"] += time.perf_counter() - t0
@@ -233,6 +238,7 @@ class CellRun:
     def run(self) -> int:
         self.setup()
         self.resume()
+        self.monitor.resumed_at(self.p.step)  # the CSV series end where this process starts
         c, p, rec = self.cell, self.p, self.records
         rec.status(state="running", step=p.step, total_steps=c.total_steps,
                    last_test_loss_avg=self.last_row.get("test_loss_avg"), tokens_per_s=None,
@@ -277,6 +283,9 @@ class CellRun:
 
     def log_line(self) -> None:
         t0 = time.perf_counter()
+        w = self.p.since_log
+        self.monitor.train(self.p.step, w.loss_sum / max(w.n, 1), self.p.grad_norm,
+                           self.records.throughput(w.images, w.seconds)["tokens_per_s"])
         self.records.log_line(self.p)
         self.p.since_log = Window()
         self.p.timing["log"] += time.perf_counter() - t0

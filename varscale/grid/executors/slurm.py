@@ -1,9 +1,18 @@
 """``slurm``: cells as Slurm jobs through submitit (``cluster: local`` runs the same path here).
 
-Writes ``slurm/<job id>/`` (submitit's pickled job, its stdout/stderr) in the study folder;
-the cells' own files are written by their workers as with every executor. A job that times
-out or is preempted is requeued by submitit and resumes from the cell's last checkpoint;
-killing the launcher does not cancel jobs on a real cluster (they keep their locks).
+Writes ``slurm/<job id>/`` (submitit's pickled job, its stdout/stderr and, on a real
+cluster, the ``<job id>_submission.sh`` handed to sbatch) in the study folder; the cells'
+own files are written by their workers as with every executor. Killing the launcher does
+not cancel jobs on a real cluster (they keep their locks).
+
+Preemption and time limits: the batch script asks Slurm for ``--signal=USR2@90`` (submitit's
+default) and ``--requeue``. On USR2 submitit calls :meth:`SlurmCellJob.checkpoint` and
+requeues the job (``scontrol requeue``; on the local cluster, a restart of the task); the
+process exits at once, mid-step, and the requeued job resumes from the cell's last
+checkpoint (``checkpoints/LATEST.json``), recomputing and overwriting the evaluations after
+it, so no metrics row is lost or duplicated (tests/test_preempt.py). A preemption that Slurm
+does itself (PreemptMode=REQUEUE: SIGTERM, then SIGKILL) needs ``--requeue`` and resumes the
+same way. ``sbatch_script`` gives the script without submitting (tests/test_slurm_snapshot.py).
 """
 from __future__ import annotations
 
@@ -40,6 +49,9 @@ class SubmititHandle(Handle):
             pass
 
 
+_PREEMPTED = False  # set by SlurmCellJob.checkpoint: submitit is requeueing this job
+
+
 class SlurmCellJob:
     """The callable a Slurm job runs: the worker, requeued by submitit on preemption/timeout.
 
@@ -52,6 +64,16 @@ class SlurmCellJob:
 
     def __call__(self) -> int:
         os.environ.update(self.env)
+        rc = self._run()
+        if _PREEMPTED:
+            # submitit's handler requeued the job and exited through the trainer (SystemExit),
+            # which the worker turned into a return code, as it does for Ctrl-C. Exit again:
+            # returning would record this attempt as the job's result, a finished job whose
+            # cell has not finished
+            raise SystemExit(rc)
+        return rc
+
+    def _run(self) -> int:
         if self.nodes > 1:
             import submitit
 
@@ -62,10 +84,71 @@ class SlurmCellJob:
         return run_cell(self.cell_dir, nproc=self.nproc, threads=self.threads)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        # the trainer checkpoints on its own schedule; a requeued job resumes from the last one
+        # called by submitit on USR2 (preemption, time limit) before it requeues the job: the
+        # trainer checkpoints on its own schedule and a requeued job resumes from the last one
+        global _PREEMPTED
         import submitit
 
+        _PREEMPTED = True
+        print(f"[slurm] preempted or out of time: requeued; {Path(self.cell_dir).name} resumes from its "
+              f"last checkpoint", flush=True)
         return submitit.helpers.DelayedSubmission(self)
+
+
+def job_parameters(slurm: Any, nproc: int, parallel: int, study: str) -> dict[str, Any]:
+    """submitit's (AutoExecutor) parameters of a cell's job from the study's ``execution.slurm``.
+
+    One node: one task that starts ``nproc`` ranks under torchrun, with every rank's CPUs.
+    Several nodes: ``nproc`` tasks per node, one rank each (submitit exports RANK, WORLD_SIZE,
+    MASTER_ADDR... from Slurm's variables). ``--requeue`` lets submitit (and Slurm's own
+    preemption) put the job back in the queue; the study's ``additional_parameters`` win.
+    """
+    multinode = slurm.nodes > 1
+    params: dict[str, Any] = dict(
+        timeout_min=int(slurm.time_min), nodes=int(slurm.nodes),
+        tasks_per_node=nproc if multinode else 1,
+        cpus_per_task=int(slurm.cpus_per_task) * (1 if multinode else nproc),
+        mem_gb=int(slurm.mem_gb), name=f"varscale-{study}",
+    )
+    if slurm.gpus_per_node:
+        params["gpus_per_node"] = int(slurm.gpus_per_node)
+    if slurm.partition:
+        params["slurm_partition"] = slurm.partition
+    params["slurm_additional_parameters"] = {"requeue": True, **dict(slurm.additional_parameters)}
+    params["slurm_array_parallelism"] = parallel
+    return params
+
+
+def sbatch_script(cfg: "StudyConfig", layout: StudyLayout, n_cells: int, opts: Optional[Options] = None) -> str:
+    """The batch script a real cluster gets for ``n_cells`` cells of this study (one job, or a
+    job array for several), as submitit writes it, without submitting anything.
+
+    submitit writes the script only when it submits, so this submits to a stand-in ``sbatch``
+    (and ``srun``, whose presence submitit checks) on PATH that keeps the file and prints a job
+    id: submitit's own code path from parameters to script, no Slurm needed.
+    """
+    import tempfile
+
+    ex = cfg.execution
+    opts = opts or Options(parallel=ex.parallel, threads=ex.threads, nproc=ex.nproc_per_node)
+    with tempfile.TemporaryDirectory(prefix="varscale-sbatch-") as tmp:
+        bin_dir = Path(tmp) / "bin"
+        bin_dir.mkdir()
+        kept = Path(tmp) / "submission.sh"
+        (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" "{kept}"\necho "Submitted batch job 4242"\n')
+        (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+        for f in bin_dir.iterdir():
+            f.chmod(0o755)
+        old_path = os.environ.get("PATH", "")
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{old_path}"
+        folder = Path(tmp) / "jobs"  # submitit's pickles stay out of the study folder
+        try:
+            x = SlurmExecutor(layout.root, ex.slurm, parallel=opts.parallel, threads=opts.threads,
+                              nproc=opts.nproc, cluster="slurm", folder=folder)
+            x.submit([layout.cell(f"cell{i}") for i in range(n_cells)])
+        finally:
+            os.environ["PATH"] = old_path
+        return kept.read_text().replace(str(folder), str(layout.slurm_dir))
 
 
 class PrepareJob:
@@ -99,7 +182,7 @@ class SlurmExecutor:
     name: ClassVar[str] = "slurm"
 
     def __init__(self, study_dir: Path, slurm: Any, parallel: int = 1, threads: Optional[int] = None,
-                 nproc: int = 1, cluster: Optional[str] = None):
+                 nproc: int = 1, cluster: Optional[str] = None, folder: Optional[Path] = None):
         import submitit
 
         self.cluster = cluster or slurm.cluster
@@ -107,24 +190,10 @@ class SlurmExecutor:
         self.nproc = max(int(nproc), 1)
         self.parallel = max(int(parallel), 1)
         self.threads = threads or max(1, slurm.cpus_per_task // max(self.nproc if slurm.nodes == 1 else 1, 1))
-        self.folder = StudyLayout.of(study_dir).slurm_dir
+        self.folder = Path(folder) if folder is not None else StudyLayout.of(study_dir).slurm_dir
         self.ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
-        multinode = slurm.nodes > 1
-        params: dict[str, Any] = dict(
-            timeout_min=int(slurm.time_min), nodes=int(slurm.nodes),
-            tasks_per_node=self.nproc if multinode else 1,
-            cpus_per_task=int(slurm.cpus_per_task) * (1 if multinode else self.nproc),
-            mem_gb=int(slurm.mem_gb), name=f"varscale-{Path(study_dir).name}",
-        )
-        if slurm.gpus_per_node:
-            params["gpus_per_node"] = int(slurm.gpus_per_node)
-        if slurm.partition:
-            params["slurm_partition"] = slurm.partition
-        if slurm.additional_parameters:
-            params["slurm_additional_parameters"] = dict(slurm.additional_parameters)
-        params["slurm_array_parallelism"] = self.parallel
-        self.ex.update_parameters(**params)
-        self._multinode = multinode
+        self.ex.update_parameters(**job_parameters(slurm, self.nproc, self.parallel, Path(study_dir).name))
+        self._multinode = slurm.nodes > 1
 
     @classmethod
     def from_study(cls, cfg: "StudyConfig", layout: StudyLayout, opts: Options) -> "SlurmExecutor":
