@@ -18,6 +18,7 @@ common offset (the floor). Writes ``report/predictions-check.{json,md}`` atomica
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -74,9 +75,10 @@ def read_predictions(study_dir) -> dict:
     if not f.exists():
         raise CheckError(f"{f}: no predictions; write them before training with "
                          f"'varscale plan {study_dir} --predict-from runs/<pilot>'")
-    obj, why = json_problem(f)
+    why = json_problem(f)
     if why:
         raise CheckError(f"{f}: {why}; write it again before training, or restore it")
+    obj = json.loads(f.read_text())
     if not isinstance(obj, dict) or not isinstance(obj.get("targets"), list):
         raise CheckError(f"{f}: not a predictions file (no 'targets' list)")
     return obj
