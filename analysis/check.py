@@ -117,19 +117,21 @@ def _diagnose(rows: list[dict], metric: str) -> str:
                      f"{100 * errs[beyondN].mean():+.2f}%")
     if (~beyondN).any():
         parts.append(f"more tokens at a fitted size: mean {100 * errs[~beyondN].mean():+.2f}%")
-    verdict = ""
-    if np.abs(errs).max() <= 0.02:
-        verdict = "within 2% everywhere"
-    elif np.all(np.sign(errs) == np.sign(errs[0])) and np.ptp(errs) < 0.5 * np.abs(errs).mean():
-        verdict = "one common offset: the floor E"
-    elif beyondN.any() and (~beyondN).any():
-        eN, eD = np.abs(errs[beyondN]).mean(), np.abs(errs[~beyondN]).mean()
-        verdict = ("the model-size term (A/N^alpha) or its curvature" if eN > 2 * eD else
-                   "the data term (B/D^beta)" if eD > 2 * eN else "both terms alike")
-    elif beyondN.any():
-        verdict = "the model-size term (A/N^alpha); no target separates it from the data term"
+    mN = float(errs[beyondN].mean()) if beyondN.any() else 0.0
+    mD = float(errs[~beyondN].mean()) if (~beyondN).any() else 0.0
+    side = lambda m: "higher" if m > 0 else "lower"  # noqa: E731 - predicted against observed
+    if beyondN.any() and (~beyondN).any() and abs(mD) > 2 * abs(mN):
+        verdict = (f"the data term (B/D^beta): with more tokens the prediction comes out {side(mD)} "
+                   "than observed, while larger models are on the law")
+    elif beyondN.any() and (~beyondN).any() and abs(mN) > 2 * abs(mD):
+        verdict = (f"the model-size term (A/N^alpha): larger models come out {side(mN)} than observed, "
+                   "while more tokens are on the law")
+    elif np.all(np.sign(errs) == np.sign(errs[0])):
+        verdict = f"a common offset, every prediction {side(errs[0])}: the floor E"
     else:
-        verdict = "the data term (B/D^beta)"
+        verdict = "no single term: errors of both signs in both groups"
+    if np.abs(errs).max() <= 0.02:
+        verdict = "within 2% everywhere; the largest bias: " + verdict
     return f"{SHORT[metric]}: " + "; ".join(parts) + f" -> {verdict}"
 
 
