@@ -227,3 +227,40 @@ def test_turning_them_on_keeps_the_planned_cells(tmp_path):
     assert other.run_id != cell.run_id
     with pytest.raises(PlanError, match="different config"):
         write_cell(tmp_path, CellConfig.from_dict({**again.to_dict(), "total_steps": again.total_steps + 1}))
+
+
+FAIL_THEN_RESUME = """
+import json, sys
+from pathlib import Path
+from varscale.train import trainer
+ref, cell = sys.argv[1:]
+print("RC", trainer.train_cell(ref))
+orig = trainer.CellRun.train_step
+def failing(self):
+    if self.p.step == 9:  # after the checkpoint at step 8
+        raise RuntimeError("injected failure")
+    return orig(self)
+trainer.CellRun.train_step = failing
+print("RC", trainer.train_cell(cell))
+trainer.CellRun.train_step = orig
+p = Path(cell) / "config.json"
+raw = json.loads(p.read_text())
+raw["training"].update(micro_batch_size=4, activation_checkpointing=True)
+p.write_text(json.dumps(raw))
+print("RC", trainer.train_cell(cell))
+"""
+
+
+def test_a_run_resumed_with_micro_batches_continues_the_same_run(tmp_path):
+    _, (cell,) = make_study(tmp_path / "ref", model=NO_NOISE)
+    _, _ = make_study(tmp_path / "cell", model=NO_NOISE)
+    ref, other = (tmp_path / n / "cells" / cell.run_id for n in ("ref", "cell"))
+    r = subprocess.run([PY, "-c", FAIL_THEN_RESUME, str(ref), str(other)], env=env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert [l for l in r.stdout.splitlines() if l.startswith("RC")] == ["RC 0", "RC 1", "RC 0"]
+    assert "resumed from step00000008" in r.stdout and "(4 x 4 per rank, activation checkpointing)" in r.stdout
+    a, b = metrics(ref), metrics(other)
+    assert list(a["step"]) == list(b["step"]) == cell.eval_steps
+    for col in ("train_loss", "test_loss_avg", "test_err_avg", "grad_norm"):
+        np.testing.assert_allclose(b[col], a[col], rtol=0, atol=1e-5, err_msg=col)

@@ -351,7 +351,8 @@ class TrainingConfig:
     # study hash, and a study may turn it on to fit a GPU without re-running its cells
     micro_batch_size: Optional[int] = opt(None, hash="never")
     # recompute each transformer block's activations in the backward (torch.utils.checkpoint)
-    # instead of keeping them: ~1/3 more compute, far less activation memory, the same numbers
+    # instead of keeping them: one more forward of every block (4 instead of 3 forward-equivalents
+    # of block FLOPs), far less activation memory (docs/training.md, "Memory"), the same numbers
     # (tests/test_microbatch.py); outside the hashes for the same reason
     activation_checkpointing: bool = opt(False, hash="never")
 
