@@ -16,6 +16,12 @@ Time estimates use, in order: throughput measured by this study's own cells (sta
 GPU rate; the source is printed. Planning needs neither the dataset nor the tokenizer
 checkpoint to exist, so a cluster study can be checked on a laptop.
 
+Memory: per depth, what one rank holds at the peak of a training step (parameters, gradients
+and optimizer state at the study's ZeRO stage, DeepSpeed's reduce bucket, the tokenizer, one
+micro-batch's activations; ``varscale.models.memory``), DeepSpeed's own estimate beside it,
+and with ``execution.gpu_mem_gb`` whether it fits and, if not, the micro-batch size,
+activation checkpointing or ZeRO stage that does.
+
 Writes ``plan.json`` into the study folder (``--no-write`` to skip).
 """
 from __future__ import annotations
@@ -357,11 +363,11 @@ def format_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def _gb(b: Optional[float]) -> str:
+def _gb(b: Optional[float], unit: float = 1e9) -> str:
     if b is None:
         return "-"
-    v = b / 1e9
-    return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+    v = b / unit
+    return f"{v:.0f}" if v >= 1000 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
 def format_memory(m: dict) -> str:
@@ -369,7 +375,10 @@ def format_memory(m: dict) -> str:
     from varscale.models.memory import HEADROOM
 
     ck = ", activation checkpointing" if m["activation_checkpointing"] else ""
-    head = (f"memory per rank, GB (ZeRO-{m['zero_stage']}, {m['world_size']} rank(s), {m['precision']}, "
+    # MB when every total is small (CPU presets), so the parts do not all read 0.00
+    small = max((r["total"] for r in m["by_depth"].values()), default=0.0) < 10e9
+    name, unit = ("MB", 1e6) if small else ("GB", 1e9)
+    head = (f"memory per rank, {name} (ZeRO-{m['zero_stage']}, {m['world_size']} rank(s), {m['precision']}, "
             f"micro-batch {m['micro_batch_size']} x {m['accumulation_steps']} of {m['per_rank_batch']} per rank{ck})")
     gb = m.get("gpu_mem_gb")
     cols = ("depth", "params", "grads", "optim", "buffers", "tokenizer", "activations", "total", "DS est.")
@@ -377,8 +386,8 @@ def format_memory(m: dict) -> str:
         cols += (f"fits {gb:g} GB",)
     rows = [cols]
     for d, r in m["by_depth"].items():
-        row = (d, _gb(r["params"]), _gb(r["grads"]), _gb(r["optimizer"]), _gb(r["buffers"]), _gb(r["tokenizer"]),
-               _gb(r["activations"]), _gb(r["total"]), _gb(r.get("deepspeed_model_states")))
+        row = (d,) + tuple(_gb(r.get(k), unit) for k in ("params", "grads", "optimizer", "buffers", "tokenizer",
+                                                          "activations", "total", "deepspeed_model_states"))
         if gb is not None:
             row += ("yes" if r["fits"] else "NO",)
         rows.append(row)
