@@ -235,21 +235,18 @@ def section_train_step(a, sz) -> dict:
             "official": str(off) if off else None}
 
 
-def planner_estimate(cell) -> Optional[float]:
-    """The planner's per-rank peak bytes for ``cell``: the hook into ``varscale plan``'s memory
-    column, ``varscale.grid.plan.cell_memory(cell) -> {"total": bytes, ...}``; None while the
-    planner has no such function."""
+def planner_estimate(cfg, cell) -> Optional[float]:
+    """The planner's per-rank peak bytes for ``cell`` of study ``cfg``: what ``varscale plan``'s
+    memory column shows (``varscale.grid.plan.cell_memory``, from the model's shapes)."""
     from varscale.grid import plan as P
 
-    fn = getattr(P, "cell_memory", None)
-    if fn is None:
-        return None
-    out = fn(cell)
-    return float(out["total"] if isinstance(out, dict) else out)
+    out = P.cell_memory(cfg, cell, P.param_counts(cell), P._tokenizer_params(cell.preset))
+    return float(out["total"])
 
 
 def _memory_cell(tmp: Path, sz, stage: int):
-    """A one-rank cell of the memory section's size at ZeRO ``stage`` (planned, not written)."""
+    """A one-rank study and its cell of the memory section's size at ZeRO ``stage`` (planned,
+    not written)."""
     from varscale.config import from_dict
     from varscale.grid.cells import plan_cells
     from varscale.models import get_preset
@@ -260,7 +257,8 @@ def _memory_cell(tmp: Path, sz, stage: int):
            "budgets": {"unit": "tokens", "values": [sz["mem_batch"] * p.seq_len * 20]},
            "training": {"batch_size": sz["mem_batch"], "zero_stage": stage, "precision": sz["precision"]},
            "evaluation": {"min_step": 1, "num_evals": 1}}
-    return plan_cells(from_dict(raw), tmp)[0]
+    cfg = from_dict(raw)
+    return cfg, plan_cells(cfg, tmp)[0]
 
 
 def section_memory(a, sz) -> dict:
@@ -276,10 +274,10 @@ def section_memory(a, sz) -> dict:
     E.init_distributed(dev)
     rows, any_estimate = [], False
     for stage in (1, 2, 3):
-        cell = _memory_cell(Path(a.out) / "memory-cell", sz, stage)
+        study, cell = _memory_cell(Path(a.out) / "memory-cell", sz, stage)
         row: dict[str, Any] = {"zero_stage": stage, "depth": cell.depth, "batch": cell.batch_size}
         try:
-            est = planner_estimate(cell)
+            est = planner_estimate(study, cell)
         except Exception as e:  # noqa: BLE001
             est, row["estimate"] = None, f"failed: {_one_line(e)}"
         row["estimate_bytes"] = est

@@ -344,6 +344,17 @@ class TrainingConfig:
     zero_stage: int = opt(2, hash="always")
     checkpoint_every: int = opt(200, hash="always")  # steps; also at the end
     log_every: int = opt(20, hash="always")
+    # images per forward/backward on one rank; the rank's share of the batch is accumulated
+    # over batch_size / world / micro_batch_size of them (DeepSpeed's gradient accumulation).
+    # None: the whole share at once. Memory, not learning: the same global batch, lr and
+    # steps (losses equal within 1e-5, tests/test_microbatch.py), so outside the run id and
+    # study hash, and a study may turn it on to fit a GPU without re-running its cells
+    micro_batch_size: Optional[int] = opt(None, hash="never")
+    # recompute each transformer block's activations in the backward (torch.utils.checkpoint)
+    # instead of keeping them: one more forward of every block (4 instead of 3 forward-equivalents
+    # of block FLOPs), far less activation memory (docs/training.md, "Memory"), the same numbers
+    # (tests/test_microbatch.py); outside the hashes for the same reason
+    activation_checkpointing: bool = opt(False, hash="never")
 
     RETIRED: ClassVar[dict[str, Retired]] = {
         "stream_fresh": Retired(False, "streaming fresh images through the tokenizer was never built; "
@@ -381,6 +392,9 @@ class ExecutionConfig:
     nproc_per_node: int = opt(1, hash="always")  # processes per cell (torchrun / slurm)
     device: Literal["auto", "cpu", "cuda"] = opt("auto", hash="always")
     slurm: SlurmConfig = opt(factory=SlurmConfig, hash="always")
+    # memory of one accelerator (GB, 1e9 bytes) that `varscale plan` checks every cell
+    # against; None: no check. Planning only, so outside every hash
+    gpu_mem_gb: Optional[float] = opt(None, hash="never")
 
     @property
     def world_size(self) -> int:
@@ -728,6 +742,12 @@ def _check_values(c: StudyConfig) -> list[str]:
     elif t.batch_size % ws:
         e.append(f"training.batch_size: {t.batch_size} is not divisible by the world size {ws} "
                  f"(execution.nproc_per_node x nodes)")
+    mb = t.micro_batch_size
+    if mb is not None and mb < 1:
+        e.append(f"training.micro_batch_size: must be >= 1 (or null: the whole per-rank batch), got {mb}")
+    elif mb is not None and t.batch_size >= 1 and t.batch_size % ws == 0 and (t.batch_size // ws) % mb:
+        e.append(f"training.micro_batch_size: {mb} does not divide the per-rank batch {t.batch_size // ws} "
+                 f"(training.batch_size {t.batch_size} / world size {ws})")
     if t.base_lr <= 0:
         e.append(f"training.base_lr: must be > 0, got {t.base_lr}")
     for name in ("warmup_frac", "hold_frac"):
@@ -752,6 +772,8 @@ def _check_values(c: StudyConfig) -> list[str]:
         e.append(f"data.num_classes: must be >= 1, got {c.data.num_classes}")
     if c.execution.parallel < 1:
         e.append(f"execution.parallel: must be >= 1, got {c.execution.parallel}")
+    if c.execution.gpu_mem_gb is not None and not c.execution.gpu_mem_gb > 0:
+        e.append(f"execution.gpu_mem_gb: must be > 0 (or null: no memory check), got {c.execution.gpu_mem_gb}")
     if c.tokenizer.steps < 0:
         e.append(f"tokenizer.steps: must be >= 0, got {c.tokenizer.steps}")
     if len(set(c.monitor.backends)) != len(c.monitor.backends):

@@ -193,6 +193,20 @@ def make_run_id(c: CellConfig) -> str:
 _RUN_PLACE = ("study_dir", "execution", "world_size", "monitor")  # may differ for the same cell
 
 
+def same_cell(old: CellConfig, new: CellConfig) -> bool:
+    """Whether ``old`` and ``new`` are one cell: equal but for where and how it runs (the
+    place, and the training options that enter no run id: ``micro_batch_size``,
+    ``activation_checkpointing``, memory rather than results), so a study may turn those on
+    for a smaller GPU and keep its cells."""
+    from varscale.config import field_rule
+
+    how = {f.name: getattr(new.training, f.name) for f in dataclasses.fields(new.training)
+           if field_rule(f, "id") == "never"}
+    moved = dataclasses.replace(old, training=dataclasses.replace(old.training, **how),
+                                **{k: getattr(new, k) for k in _RUN_PLACE})
+    return moved == new
+
+
 def write_cell(study_dir: str | os.PathLike, cell: CellConfig) -> Path:
     """Write ``cells/<run_id>/config.json`` atomically; refuses to replace a different config.
 
@@ -210,8 +224,7 @@ def write_cell(study_dir: str | os.PathLike, cell: CellConfig) -> Path:
         except ConfigError as e:
             raise PlanError(f"cell {cell.run_id} already exists in {layout.root} with a config this "
                             f"version cannot read ({'; '.join(e.errors)}); remove it or re-plan") from None
-        same_place = {k: getattr(cell, k) for k in _RUN_PLACE}
-        if dataclasses.replace(old, **same_place) != cell:
+        if not same_cell(old, cell):
             a, b = old.to_dict(), new
             diff = sorted(k for k in set(a) | set(b) if k not in _RUN_PLACE and a.get(k) != b.get(k))
             raise PlanError(f"cell {cell.run_id} already exists in {layout.root} with a different "

@@ -16,6 +16,12 @@ Time estimates use, in order: throughput measured by this study's own cells (sta
 GPU rate; the source is printed. Planning needs neither the dataset nor the tokenizer
 checkpoint to exist, so a cluster study can be checked on a laptop.
 
+Memory: per depth, what one rank holds at the peak of a training step (parameters, gradients
+and optimizer state at the study's ZeRO stage, DeepSpeed's reduce bucket, the tokenizer, one
+micro-batch's activations; ``varscale.models.memory``), DeepSpeed's own estimate beside it,
+and with ``execution.gpu_mem_gb`` whether it fits and, if not, the micro-batch size,
+activation checkpointing or ZeRO stage that does.
+
 Writes ``plan.json`` into the study folder (``--no-write`` to skip).
 """
 from __future__ import annotations
@@ -74,6 +80,56 @@ def param_counts(cell: Any) -> dict:
         p = get_preset(cell.preset)
         return _param_counts_analytic(p, cell.depth, cell.model.head_dim or p.head_dim, cell.num_classes,
                                       cell.model.attn_l2_norm, cell.model.shared_aln)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _tokenizer_params(preset: str) -> int:
+    try:
+        import torch
+
+        from varscale.models import build_vqvae
+
+        return sum(p.numel() for p in build_vqvae(preset, device=torch.device("meta")).parameters())
+    except Exception:  # noqa: BLE001 - the tokenizer's share is small; a plan must not fail on it
+        return 0
+
+
+def memory_setup(cfg: StudyConfig):
+    """The study's ``varscale.models.memory.Setup`` (ZeRO stage, ranks, micro-batch, precision)."""
+    from varscale.models.memory import Setup
+
+    t, ex = cfg.training, cfg.execution
+    world = ex.world_size
+    share = t.batch_size // world
+    mb = t.micro_batch_size or share
+    nodes = ex.slurm.nodes if ex.executor == "slurm" else 1
+    return Setup(zero_stage=int(t.zero_stage), world=world, micro_batch=mb, accumulation=share // mb,
+                 precision=t.precision, checkpointing=bool(t.activation_checkpointing),
+                 gpus_per_node=max(ex.nproc_per_node, 1), nodes=max(nodes, 1)), share
+
+
+def cell_memory(cfg: StudyConfig, cell: Any, counts: dict, tokenizer_params: int) -> dict:
+    """Per-rank memory of one cell at the study's settings, whether it fits
+    ``execution.gpu_mem_gb``, and, when it does not, the setting that does."""
+    from varscale.models import memory as M
+    from varscale.models.presets import get_preset
+
+    p = get_preset(cell.preset)
+    shape = M.Shape(depth=cell.depth, width=cell.width, heads=cell.depth, seq_len=p.seq_len,
+                    vocab_size=p.vocab_size, cvae=p.cvae, mlp_ratio=p.mlp_ratio, n_params=int(counts["n_params"]),
+                    tokenizer_params=tokenizer_params, attn_l2_norm=cell.model.attn_l2_norm,
+                    fused=cell.model.fused, shared_aln=cell.model.shared_aln)
+    setup, share = memory_setup(cfg)
+    est = M.estimate(shape, setup)
+    gb = cfg.execution.gpu_mem_gb
+    out = {k: float(v) for k, v in est.items()}
+    out["deepspeed_model_states"] = M.deepspeed_model_states(shape.n_params, shape.largest_layer, setup.zero_stage,
+                                                             setup.gpus_per_node, setup.nodes)
+    out["fits"] = M.fits(est["total"], gb)
+    out["suggestion"] = M.suggest(shape, setup, share, gb) if out["fits"] is False else None
+    return out
 
 
 # --------------------------------------------------------------------------- costs
@@ -204,10 +260,16 @@ def build_plan(cfg: StudyConfig, layout: StudyLayout, cells: list[Any],
         if guessed_cpu:
             source += f", plus {GUESS_STARTUP_S:g} s start-up and {GUESS_STEP_S * 1e3:g} ms per step"
     counts: dict[int, dict] = {}
+    memory: dict[int, dict] = {}
+    tok_params: dict[str, int] = {}
     rows = []
     for c in cells:
         if c.depth not in counts:
             counts[c.depth] = param_counts(c)
+        if c.depth not in memory:
+            if c.preset not in tok_params:
+                tok_params[c.preset] = _tokenizer_params(c.preset)
+            memory[c.depth] = cell_memory(cfg, c, counts[c.depth], tok_params[c.preset])
         rate = measured.get(c.depth, default_rate) if not flops_per_s else default_rate
         cost = cell_cost(c)
         est = cost / rate if rate > 0 else None
@@ -224,6 +286,7 @@ def build_plan(cfg: StudyConfig, layout: StudyLayout, cells: list[Any],
             "schedule": getattr(c, "schedule", "lin0"), "branch_from": getattr(c, "branch_from", None),
             "decay_steps": getattr(c, "decay_steps", 0), "cost_flops": cost,
             "est_seconds": est,
+            "mem_total_bytes": memory[c.depth]["total"], "mem_fits": memory[c.depth]["fits"],
         })
     costs = design_costs(cfg, layout.root, cells)
     total_s = sum(r["est_seconds"] or 0.0 for r in rows)
@@ -236,9 +299,19 @@ def build_plan(cfg: StudyConfig, layout: StudyLayout, cells: list[Any],
                    "est_seconds_wall": total_s / parallel if ex.executor != "slurm" else
                    max((r["est_seconds"] or 0.0 for r in rows), default=0.0)},
         "design_costs": costs, "wsd_formula_flops": wsd_formula(cfg, cells),
+        "memory": memory_summary(cfg, memory),
         "throughput_source": source,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def memory_summary(cfg: StudyConfig, by_depth: dict[int, dict]) -> dict:
+    """plan.json's ``memory``: the settings it was computed at and bytes per rank per depth."""
+    setup, share = memory_setup(cfg)
+    return {"gpu_mem_gb": cfg.execution.gpu_mem_gb, "zero_stage": setup.zero_stage, "world_size": setup.world,
+            "per_rank_batch": share, "micro_batch_size": setup.micro_batch, "accumulation_steps": setup.accumulation,
+            "activation_checkpointing": setup.checkpointing, "precision": setup.precision,
+            "by_depth": {str(d): m for d, m in sorted(by_depth.items())}}
 
 
 def write_plan(layout: StudyLayout, cfg: StudyConfig, cells: list[Any], plan: Optional[dict] = None) -> dict:
@@ -284,4 +357,56 @@ def format_plan(plan: dict) -> str:
         rel = f" ({wsd / ind:.2f}x)" if ind else ""
         parts.append(f"warmup-stable-decay {wsd:.3g} FLOPs{rel}")
     lines.append("designs: " + "; ".join(parts) + f"  [this study: {plan['design']}]")
+    if plan.get("memory"):
+        lines.append("")
+        lines.append(format_memory(plan["memory"]))
+    return "\n".join(lines)
+
+
+def _gb(b: Optional[float], unit: float = 1e9) -> str:
+    if b is None:
+        return "-"
+    v = b / unit
+    return f"{v:.0f}" if v >= 1000 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def format_memory(m: dict) -> str:
+    """Per depth: bytes per rank by part, the total, and whether it fits (varscale.models.memory)."""
+    from varscale.models.memory import HEADROOM
+
+    ck = ", activation checkpointing" if m["activation_checkpointing"] else ""
+    # MB when every total is small (CPU presets), so the parts do not all read 0.00
+    small = max((r["total"] for r in m["by_depth"].values()), default=0.0) < 10e9
+    name, unit = ("MB", 1e6) if small else ("GB", 1e9)
+    head = (f"memory per rank, {name} (ZeRO-{m['zero_stage']}, {m['world_size']} rank(s), {m['precision']}, "
+            f"micro-batch {m['micro_batch_size']} x {m['accumulation_steps']} of {m['per_rank_batch']} per rank{ck})")
+    gb = m.get("gpu_mem_gb")
+    cols = ("depth", "params", "grads", "optim", "buffers", "tokenizer", "activations", "total", "DS est.")
+    if gb is not None:
+        cols += (f"fits {gb:g} GB",)
+    rows = [cols]
+    for d, r in m["by_depth"].items():
+        row = (d,) + tuple(_gb(r.get(k), unit) for k in ("params", "grads", "optimizer", "buffers", "tokenizer",
+                                                          "activations", "total", "deepspeed_model_states"))
+        if gb is not None:
+            row += ("yes" if r["fits"] else "NO",)
+        rows.append(row)
+    w = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    lines = [head] + ["  ".join(x.rjust(w[i]) for i, x in enumerate(row)) for row in rows]
+    if gb is not None:
+        lines.append(f"(fits: total <= {1 - HEADROOM:.0%} of {gb:g} GB, the rest left for the CUDA context and "
+                     f"the allocator; DS est.: DeepSpeed's estimate of params + grads + optimizer, 16-bit weights)")
+        for d, r in m["by_depth"].items():
+            if r["fits"] is False:
+                s = r.get("suggestion")
+                if s is None:
+                    lines.append(f"d{d} does not fit at any micro-batch, ZeRO stage or with activation checkpointing")
+                else:
+                    lines.append(f"d{d} does not fit: training.micro_batch_size {s['micro_batch_size']}"
+                                 f"{', activation_checkpointing true' if s['activation_checkpointing'] else ''}"
+                                 f"{', zero_stage ' + str(s['zero_stage']) if s['zero_stage'] != m['zero_stage'] else ''}"
+                                 f" fits ({_gb(s['total'])} GB)")
+    else:
+        lines.append("(DS est.: DeepSpeed's estimate of params + grads + optimizer, 16-bit weights; "
+                     "set execution.gpu_mem_gb to check a fit)")
     return "\n".join(lines)

@@ -24,12 +24,18 @@ class Batches:
 
     ``perm_e`` is a permutation of the train split drawn from (seed, epoch e = p // N), so the
     order is a pure function of the step (resumable) and of nothing about the world size; rank
-    r takes the r-th contiguous slice of the global batch.
+    r takes the r-th contiguous slice of the global batch. With ``micro_batch_size`` m, the
+    rank's slice is fed as consecutive micro-batches of m rows (``micro_rows``): the same rows
+    in the same order, so the global batch of a step does not depend on m.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 micro_batch_size: Optional[int] = None):
         self.n, self.B, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.b = batch_size // world
+        self.m = self.b if micro_batch_size is None else int(micro_batch_size)
+        if self.m < 1 or self.b % self.m:
+            raise ValueError(f"micro-batch size {self.m} does not divide the per-rank batch {self.b}")
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -50,6 +56,15 @@ class Batches:
 
     def rows(self, step: int) -> np.ndarray:
         return self.global_rows(step)[self.rank * self.b:(self.rank + 1) * self.b]
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.b // self.m
+
+    def micro_rows(self, step: int) -> list[np.ndarray]:
+        """This rank's rows of step ``step`` as ``accumulation_steps`` micro-batches."""
+        r = self.rows(step)
+        return [r[i:i + self.m] for i in range(0, self.b, self.m)]
 
 
 class TeacherForcing:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -84,21 +84,37 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
+def accumulation_steps(batch_size: int, world_size: int, micro_batch_size: Optional[int]) -> int:
+    """Micro-batches per rank and step: the rank's share of the batch / ``micro_batch_size``."""
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} is not divisible by world size {world_size}")
+    share = batch_size // world_size
+    mb = share if micro_batch_size is None else int(micro_batch_size)
+    if mb < 1 or share % mb:
+        raise ValueError(f"micro-batch size {mb} does not divide the per-rank batch {share}")
+    return share // mb
+
+
 def ds_config(*, batch_size: int, world_size: int, zero_stage: int, lr: float,
               betas: tuple[float, float], weight_decay: float, grad_clip: float,
-              precision: str = "fp32", device: str = "cpu") -> dict[str, Any]:
+              precision: str = "fp32", device: str = "cpu",
+              micro_batch_size: Optional[int] = None) -> dict[str, Any]:
     """The DeepSpeed config of a cell (written to ``ds_config.json`` for the record).
 
     Precision: bf16 is applied by ``torch.autocast`` around the forward (see
     docs/training.md), so DeepSpeed keeps fp32 weights, gradients and Adam states at every
     ZeRO stage; DeepSpeed's own bf16 mode is not used.
+
+    Batch: ``train_batch_size`` = ``train_micro_batch_size_per_gpu`` x
+    ``gradient_accumulation_steps`` x world size, which DeepSpeed checks; ``micro_batch_size``
+    None is one micro-batch per rank and step. DeepSpeed divides each micro-batch's loss by
+    the accumulation steps in ``backward`` and steps the optimizer only at the boundary.
     """
-    if batch_size % world_size:
-        raise ValueError(f"batch size {batch_size} is not divisible by world size {world_size}")
+    gas = accumulation_steps(batch_size, world_size, micro_batch_size)
     cfg: dict[str, Any] = {
         "train_batch_size": batch_size,
-        "train_micro_batch_size_per_gpu": batch_size // world_size,
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": batch_size // world_size // gas,
+        "gradient_accumulation_steps": gas,
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": lr, "betas": list(betas), "eps": 1e-8, "weight_decay": weight_decay,

@@ -111,6 +111,7 @@ class CellRun:
         torch.manual_seed(c.seed)  # identical initial weights on every rank and every rerun
         self.vae = load_vae(c, self.device)
         model = build_model(c, self.device)
+        model.set_activation_checkpointing(bool(tr.activation_checkpointing))
         size = ModelSize.of(c, model.param_counts())
         # from here on a failure still leaves a run record (the matmul peak is measured below)
         self.records = Records(self.layout, c, size, main=self.rank == 0, world=self.world, peak_flops=math.nan)
@@ -122,7 +123,8 @@ class CellRun:
         ds_cfg = E.ds_config(batch_size=c.batch_size, world_size=self.world,
                              zero_stage=int(tr.zero_stage), lr=self.schedule.peak * 0.005,
                              betas=tuple(tr.betas), weight_decay=tr.weight_decay,
-                             grad_clip=tr.grad_clip, precision=tr.precision, device=self.device.type)
+                             grad_clip=tr.grad_clip, precision=tr.precision, device=self.device.type,
+                             micro_batch_size=tr.micro_batch_size)
         ds_cfg.update(ds_keys(c.monitor, self.layout, c.study, log=self.records.log))  # live curves
         if self.rank == 0:
             atomic_write_json(self.layout.ds_config_json, ds_cfg)
@@ -133,7 +135,11 @@ class CellRun:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if self.bf16 \
             else contextlib.nullcontext
 
-        self.batches = Batches(len(self.train_cache), c.batch_size, c.seed, self.rank, self.world)
+        self.batches = Batches(len(self.train_cache), c.batch_size, c.seed, self.rank, self.world,
+                               micro_batch_size=tr.micro_batch_size)
+        if self.engine.gradient_accumulation_steps() != self.batches.accumulation_steps:
+            raise RuntimeError(f"DeepSpeed accumulates {self.engine.gradient_accumulation_steps()} micro-batches, "
+                               f"the batches are cut into {self.batches.accumulation_steps}")
         pre_train, pre_val = precompute_plan(c, len(self.train_cache), len(self.val_cache), int(self.vae.Cvae))
         self.tf_train = TeacherForcing(self.vae, self.train_cache, self.device, pre_train)
         self.tf_val = TeacherForcing(self.vae, self.val_cache, self.device, pre_val,
@@ -174,29 +180,50 @@ class CellRun:
             return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         return float("nan")
 
-    def train_step(self) -> tuple[float, float]:
-        """One update; (loss, seconds). Raises ``Diverged`` before the update on a non-finite loss."""
-        import torch
+    def micro_loss(self, batch, step: int):
+        """Forward of one micro-batch (label_B, x_BlC, target_BL): its mean token cross-entropy."""
         import torch.nn.functional as F
 
-        from varscale.train.engine import set_lr
-
-        t0 = time.perf_counter()
-        step = self.p.step
-        label_B, x_BlC, target_BL = self.tf_train(self.batches.rows(step))
-        lr = self.schedule.lr_at(step)
-        set_lr(self.engine, lr)
-        torch.manual_seed(step_seed(self.cell.seed, step, self.rank))
-        t1 = time.perf_counter()
+        label_B, x_BlC, target_BL = batch
         with self.autocast():
             logits_BLV = self.engine(label_B, x_BlC)
         loss = F.cross_entropy(logits_BLV.float().reshape(-1, self.V), target_BL.reshape(-1),
                                label_smoothing=self.label_smoothing)
         if self.nan_at is not None and step + 1 == self.nan_at:
             loss = loss * float("nan")
-        loss_val = loss.detach()
+        return loss
+
+    def train_step(self) -> tuple[float, float]:
+        """One update; (loss, seconds). Raises ``Diverged`` before the update on a non-finite loss.
+
+        The rank's share of the batch runs as ``batches.accumulation_steps`` micro-batches, each
+        forward + ``engine.backward`` + ``engine.step``; DeepSpeed scales every micro-batch's loss
+        by 1 / accumulation steps and updates only at the boundary, the last one. Micro-batches
+        are equal in size, so the mean of their losses is the global batch's token mean.
+        """
+        import torch
+
+        from varscale.train.engine import set_lr
+
+        t0 = time.perf_counter()
+        step = self.p.step
+        micro = self.batches.micro_rows(step)
+        lr = self.schedule.lr_at(step)
+        set_lr(self.engine, lr)
+        torch.manual_seed(step_seed(self.cell.seed, step, self.rank))
+        t_data = time.perf_counter() - t0
+        loss_sum = None
+        for i, rows in enumerate(micro):
+            t1 = time.perf_counter()
+            batch = self.tf_train(rows)
+            t_data += time.perf_counter() - t1
+            loss = self.micro_loss(batch, step)
+            loss_sum = loss.detach().clone() if loss_sum is None else loss_sum + loss.detach()
+            if i < len(micro) - 1:  # not the boundary: DeepSpeed accumulates, no update
+                self.engine.backward(loss)
+                self.engine.step()
+        loss_val = loss_sum / len(micro)
         if self.world > 1:  # every rank must agree on divergence; also the global mean loss
-            loss_val = loss_val.clone()
             torch.distributed.all_reduce(loss_val)
             loss_val /= self.world
         lv = float(loss_val)
@@ -210,8 +237,8 @@ class CellRun:
             gn = float(g) if g is not None else gn
         t2 = time.perf_counter()
         p = self.p
-        p.timing["data"] += t1 - t0
-        p.timing["compute"] += t2 - t1
+        p.timing["data"] += t_data
+        p.timing["compute"] += t2 - t0 - t_data
         p.wall_s += t2 - t0
         p.grad_norm, p.lr = gn, lr
         p.step += 1
@@ -245,7 +272,7 @@ class CellRun:
                    message=None, diverged_step=None, threads=self.threads, world_size=self.world,
                    zero_stage=self.zero_stage, precision=c.training.precision)
         rec.log(f"depth {c.depth} width {rec.size.width} params {rec.size.n_params:,} | {c.total_steps} steps of "
-                f"{c.batch_size} images, {c.flops_per_step:.3g} FLOPs/step | ZeRO-{self.zero_stage} "
+                f"{c.batch_size} images{self.micro_note()}, {c.flops_per_step:.3g} FLOPs/step | ZeRO-{self.zero_stage} "
                 f"{c.training.precision} x{self.world} rank(s), {self.threads} thread(s)")
         try:
             while p.step < c.total_steps:
@@ -272,6 +299,14 @@ class CellRun:
             self.evaluate(len(c.eval_steps) - 1 if p.step in self.eval_at else len(c.eval_steps))
         self.finish("done")
         return EXIT_DONE
+
+    def micro_note(self) -> str:
+        """' (4 x 12 per rank, activation checkpointing)' when a step is accumulated or recomputed."""
+        b, tr = self.batches, self.cell.training
+        parts = [f"{b.accumulation_steps} x {b.m} per rank"] if b.accumulation_steps > 1 else []
+        if tr.activation_checkpointing:
+            parts.append("activation checkpointing")
+        return f" ({', '.join(parts)})" if parts else ""
 
     def checkpoint(self) -> None:
         t0 = time.perf_counter()
