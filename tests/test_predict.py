@@ -191,13 +191,15 @@ def test_check_predictions_without_a_file(tmp_path, capsys):
 # --------------------------------------------------------------------------- calibration
 
 
-def test_batched_calibration_is_the_predictor_itself():
+def test_batched_calibration_agrees_with_the_predictor():
+    # the batched path restarts each resample from the study's own minimum, fit_chinchilla
+    # from its four best distinct ones: the same point fit, interval ends within a few percent
     recs, _ = CAL.calibrate(3, n_boot=NB)
     for i in range(3):
         one = CAL.one_study(i, n_boot=NB, starts=CAL.coarse_starts())
         r = recs.iloc[i]
         assert np.isclose(r["predicted"], one["predicted"], rtol=2e-3)
-        assert np.isclose(r["ci_lo"], one["ci"][0], rtol=1e-2) and np.isclose(r["ci_hi"], one["ci"][1], rtol=1e-2)
+        assert np.isclose(r["ci_lo"], one["ci"][0], rtol=3e-2) and np.isclose(r["ci_hi"], one["ci"][1], rtol=3e-2)
 
 
 def test_intervals_cover_the_truth_in_200_studies():

@@ -178,10 +178,10 @@ def records(df) -> dict:
 @C.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    targets = targets_from_args(C.load_study(a.study_dir), a.sizes, a.budgets, a.targets)  # before any fit
     cfg, P = study_and_predictor(a.study_dir, a.n_boot, a.seed)
     from analysis.predict import PredictError, predict
 
-    targets = targets_from_args(cfg, a.sizes, a.budgets, a.targets)
     try:
         df = predict(P, targets)
     except PredictError as e:
