@@ -59,16 +59,17 @@ def kept_weights(layout: CellLayout) -> list[int]:
     steps = []
     for d in layout.checkpoints.glob("step*"):
         m = re.fullmatch(r"step(\d+)", d.name)
-        if m and layout.weights(int(m.group(1))).is_file():
+        if m and layout.weights(int(m.group(1))).exists():
             steps.append(int(m.group(1)))
     return sorted(steps)
 
 
 def latest_step(layout: CellLayout) -> Optional[int]:
     """The step "the latest checkpoint" means: LATEST.json's, or with LATEST.json missing or
-    damaged the newest kept ``weights.pt``; None when the cell has none."""
+    damaged the newest kept ``weights.pt``; None when the cell has none. (A damaged weights.pt
+    of that step is then an error naming it, not a silent older model.)"""
     latest = read_latest(layout)
-    if latest is not None and layout.weights(int(latest["step"])).is_file():
+    if latest is not None and layout.weights(int(latest["step"])).exists():
         return int(latest["step"])
     steps = kept_weights(layout)
     return steps[-1] if steps else None
