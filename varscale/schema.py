@@ -534,15 +534,6 @@ class DamagedFile(Exception):
         self.path, self.why, self.fix = Path(path), why, fix
 
 
-def read_json_checked(path: str | os.PathLike, fix: str, want: type = dict, default: Any = None) -> Any:
-    """A JSON ``want`` from ``path``; ``default`` when absent; :class:`DamagedFile` (with ``fix``)
-    when it is not text, not JSON or not a ``want``."""
-    why = json_problem(path, want)
-    if why:
-        raise DamagedFile(path, why, fix)
-    return read_json(path, default)
-
-
 def torch_file_problem(path: str | os.PathLike) -> Optional[str]:
     """Why ``path`` (a file ``torch.save`` wrote: weights.pt, vqvae.pt, a DeepSpeed shard) is not
     whole (None when it is, or is absent). torch.save writes a zip archive with a CRC per
