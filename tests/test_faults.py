@@ -511,3 +511,35 @@ class _Full:
         import os
 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_on_skipping_a_checkpoint_with_a_missing_shard(tmp_path):
+    """ZeRO-2 on two ranks: rank 1's optimizer shard of the newest checkpoint deleted; rank 0 checks
+    the files, both ranks resume from the previous checkpoint and end where they did."""
+    from varscale.train.engine import free_port
+    from test_trainer_kit import TRAIN
+
+    _, (cell,) = make_study(tmp_path, model={"class_dropout": 0.0, "drop_path": False}, training={"zero_stage": 2})
+    d = tmp_path / "cells" / cell.run_id
+
+    def run():
+        return subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                               str(free_port()), "--no-python", *TRAIN, str(d)], env=env(), capture_output=True,
+                              text=True, timeout=600)
+
+    r = run()
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = metrics(d)
+    (d / CK12 / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    for f in ("DONE", "record.parquet"):
+        (d / f).unlink()
+    r = run()
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    status = json.loads((d / "status.json").read_text())
+    assert status["resumed_from"] == "step00000008"
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt is missing" in status["fallback"]
+    b = metrics(d)
+    assert list(b["step"]) == list(ref["step"])
+    np.testing.assert_allclose(b["test_loss_avg"], ref["test_loss_avg"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(b["train_loss"], ref["train_loss"], rtol=0, atol=1e-5)

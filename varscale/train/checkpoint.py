@@ -145,7 +145,8 @@ class Loaded:
         index = [f"{t} is damaged ({why}), the checkpoints were found by their manifests"
                  for t, why in self.skipped if _step_of(t) is None]
         bad = "; ".join(f"{t}: {why}" for t, why in self.skipped if _step_of(t) is not None)
-        to = f"resumed from {self.tag}" if self.tag else "no whole checkpoint is left: training again from step 0"
+        to = (f"resumed from {self.tag}" if self.own else f"starting again from the stable run's {self.tag}") \
+            if self.tag else "no whole checkpoint is left: training again from step 0"
         return "; ".join(index + ([f"damaged checkpoint(s) skipped ({bad})"] if bad else [])) + f"; {to}"
 
 
@@ -288,9 +289,9 @@ class Checkpoints:
             raise RuntimeError(f"no checkpoint of {self.layout.checkpoints} can be loaded ("
                                + "; ".join(f"{t}: {w}" for t, w in skipped) + f"); move {self.layout.checkpoints} "
                                "aside to train the cell again from step 0")
-        if skipped:
+        if skipped and not c.branch_from:
             return Loaded(None, True, None, skipped)
-        if c.branch_from:  # WSD decay branch: start from the stable run's checkpoint
+        if c.branch_from:  # WSD decay branch: start (again) from the stable run's checkpoint
             stable = StudyLayout.of(c.study_dir).cell(c.branch_from)
             step = int(c.branch_step)
             if not stable.weights(step).exists():
@@ -304,7 +305,7 @@ class Checkpoints:
             client, err = self._load_agreed(stable.checkpoints, _tag(step))
             if client is None:
                 raise RuntimeError(f"could not load checkpoint {folder} ({err})")
-            return Loaded(client, False, _tag(step))
+            return Loaded(client, False, _tag(step), skipped)
         return None
 
     def _load_agreed(self, folder: Path, tag: str) -> tuple[Optional[dict], str]:
