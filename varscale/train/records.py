@@ -189,8 +189,10 @@ def repair_finished(cell_dir: str | os.PathLike, log: Callable[[str], Any] = pri
     if not bad and not layout.checkpoints.is_dir():
         return []
     cell = CellConfig.load(layout.root)
-    rows, used = kept_rows(layout, cell)
     have = {i for i in map(_part_index, layout.metrics_parts()) if i is not None}
+    if not bad and have >= set(range(len(cell.eval_steps))):
+        return []  # every evaluation's part there and readable: the copies need not be read
+    rows, used = kept_rows(layout, cell)
     if not bad and set(rows) <= have:
         return []
     msgs = repair_parts(layout, cell, rows, source="the copy in checkpoint " + (used[-1] if used else "?"))
