@@ -43,10 +43,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from varscale.schema import StudyLayout, atomic_write_bytes
+from varscale.schema import StudyLayout, atomic_write_bytes, json_problem
 
 from .frontier import annealed_rows, pareto_mask
-from .load import LOSSES, METRICS, final_rows, floors, load, load_quality, sample_images, usable_floors
+from .load import (LOSSES, METRICS, SayDamagedParts, final_rows, floors, load, load_quality, sample_images,
+                   usable_floors)
 
 LABEL = {"test_loss_last": "test loss, last scale", "test_loss_avg": "test loss, all scales",
          "test_err_last": "token error rate, last scale", "test_err_avg": "token error rate, all scales"}
@@ -80,12 +81,20 @@ def report_name(floor: str = "auto") -> str:
     return f"fits-floor-{floor}" if floor in ALT_FLOORS else "fits"
 
 
-def read_report(study_dir, name: str = "fits") -> dict | None:
-    """``report/<name>.json`` of a study, or None when there is none (or it is unreadable)."""
+def read_report(study_dir, name: str = "fits", quiet: bool = False) -> dict | None:
+    """``report/<name>.json`` of a study, or None when there is none; a damaged one (not JSON,
+    not an object) is None too, with a warning naming it (unless ``quiet``): the laws are then
+    fitted again."""
     p = StudyLayout.of(study_dir).report_dir / f"{name}.json"
+    why = json_problem(p)
+    if why:
+        if not quiet:
+                print(f"varscale figures: warning: {p} is damaged ({why}); the laws are fitted again now "
+                  f"('varscale fit {study_dir}' writes it again)", file=sys.stderr)
+        return None
     try:
         return json.loads(p.read_text())
-    except (OSError, ValueError):
+    except OSError:
         return None
 
 
@@ -103,7 +112,7 @@ def study_report(study_dir, n_boot: int = 0, write: bool = False, x_col: str | N
     from . import report as _report
 
     df = load(study_dir) if df is None else df
-    rep = read_report(study_dir)
+    rep = read_report(study_dir, quiet=True)  # a damaged one: fitted again, said by the caller
     path = StudyLayout.of(study_dir).report_dir / "fits.json"
     if rep is not None and report_is_current(rep, df) and x_col in (None, rep.get("x")) \
             and c_col in (None, rep.get("compute")):
@@ -764,9 +773,9 @@ FORMATS = ("png", "pdf", "svg", "eps", "ps")  # what matplotlib's Agg, PDF, SVG 
 
 
 def build_parser():
-    from .report import HelpFormatter
+    from .report import ArgumentParser, HelpFormatter
 
-    ap = argparse.ArgumentParser(prog="varscale figures", description=__doc__.split("\n")[0],
+    ap = ArgumentParser(prog="varscale figures", description=__doc__.split("\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("study_dir", metavar="STUDY", help="study folder (runs/<study>)")
     ap.add_argument("--floor", default="auto", choices=FLOOR_CHOICES,
@@ -803,7 +812,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{a.study_dir} --floor-last ... --floor-avg ...`, then `varscale figures {a.study_dir} --floor hand`",
               file=sys.stderr)
         return 2
-    df = load(a.study_dir)
+    said = SayDamagedParts("varscale figures")  # a damaged part: one warning line, once
+    with said:
+        df = load(a.study_dir)
     if not len(df):  # not an error: nothing has been evaluated yet
         print("varscale figures: no evaluations yet, no figures")
         return 0
@@ -825,7 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not report_is_current(rep, df):
         print(f"varscale figures: note: report/{report_name(floor)}.json was fitted on {rep.get('rows')} evaluations, the "
               f"study has {len(df)} now; run `varscale fit {a.study_dir}` for laws through every point")
-    files = make_figures(a.study_dir, floor, formats, report=rep)
+    with said:
+        files = make_figures(a.study_dir, floor, formats, report=rep)
     for p in files:
         print(p)
     return 0

@@ -8,13 +8,14 @@ ground-truth token entropies that the paper subtracts to get the reducible loss.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from varscale.schema import StudyLayout, read_json, read_parts
+from varscale.schema import StudyLayout, parquet_problem, read_json, read_parts
 
 METRICS = ("test_loss_last", "test_loss_avg", "test_err_last", "test_err_avg")
 LOSSES = ("test_loss_last", "test_loss_avg")
@@ -57,8 +58,9 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
     evaluation of a finished run: step == total_steps or the cell is done).
 
     ``states`` keeps only cells in those states (e.g. ``("done",)``); default: all.
-    A cell with no metrics yet contributes no rows; an unreadable part is skipped with a
-    warning (a cell being written is never torn: parts are renamed into place).
+    A cell with no metrics yet contributes no rows; a damaged part (not a file, unreadable, a
+    failed page CRC, no rows) is skipped with a warning naming it (a cell being written is never
+    torn: parts are renamed into place; ``varscale run`` writes a damaged one again).
     """
     layout = StudyLayout.of(study_dir)
     if not layout.root.is_dir():
@@ -67,17 +69,17 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
     for d in _cell_dirs(layout):
         parts.extend(layout.cell(d.name).metrics_parts())
     try:
+        if not all(p.is_file() for p in parts):
+            raise IsADirectoryError("a part that is not a file")
         table = _read_parallel(parts)
     except Exception:  # find the bad part(s) only when there is one
-        import pyarrow.parquet as pq
-
         good = []
         for p in parts:
-            try:
-                pq.read_metadata(p)
+            why = parquet_problem(p)
+            if why:
+                warnings.warn(damaged_part_warning(p, why, layout.root))
+            else:
                 good.append(p)
-            except Exception as e:
-                warnings.warn(f"{p}: unreadable metrics part skipped ({e})")
         table = read_parts(good)
     df = table.to_pandas()
     if "step" in df.columns and len(df):
@@ -103,6 +105,43 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
     df.attrs["budget_axis"] = budget_axis(df, study_dir)
     df.attrs["study_dir"] = str(layout.root)
     return df
+
+
+class DamagedPart(UserWarning):
+    """A metrics part left out of the analysis; the message names it and what to do."""
+
+
+def damaged_part_warning(path: Path, why: str, study_dir: Path) -> DamagedPart:
+    """The one sentence ``fit`` / ``figures`` print for a metrics part they leave out."""
+    return DamagedPart(f"{path} is damaged ({why}): its evaluation is left out; 'varscale run {study_dir}' "
+                       "writes it again from the copy in the cell's checkpoint (docs/training.md, Faults)")
+
+
+class SayDamagedParts:
+    """``with SayDamagedParts(prog):`` each DamagedPart warning raised inside becomes one line on
+    stderr, ``<prog>: warning: <sentence>``, once per part however often the study is loaded."""
+
+    def __init__(self, prog: str):
+        self.prog, self.said = prog, set()
+
+    def __enter__(self):
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("always", DamagedPart)
+        old = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, DamagedPart):
+                return old(message, category, filename, lineno, file, line)
+            if str(message) not in self.said:
+                self.said.add(str(message))
+                print(f"{self.prog}: warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
 
 
 def _read_parallel(parts: list[Path], chunk: int = 64):
@@ -249,4 +288,4 @@ def sample_images(study_dir) -> pd.DataFrame:
 
 
 __all__ = ["load", "cells", "final_rows", "floors", "budget_axis", "load_quality",
-           "sample_images", "METRICS", "LOSSES"]
+           "sample_images", "METRICS", "LOSSES", "DamagedPart", "SayDamagedParts"]

@@ -39,7 +39,7 @@ from . import forms
 from . import headline as H
 from .bootstrap import DEFAULT_BOOT, Fit, StudyResample
 from .frontier import annealed_rows
-from .load import LOSSES, METRICS, cells, final_rows, floors, is_stable_run, load, usable_floors
+from .load import LOSSES, METRICS, DamagedPart, cells, final_rows, floors, is_stable_run, load, usable_floors
 
 SHORT = H.SHORT
 FLOOR_RULES = ("auto", "entropy", "chinchilla")
@@ -107,7 +107,9 @@ def fit_study(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, floor_last: 
         warnings.simplefilter("always")
         out = _fit_study(study_dir, n_boot, seed, floor_last, floor_avg, use_floor, x_col, c_col,
                          chinchilla_boot, floor_from or "auto")
-    out["notes"] += _warning_notes(caught)
+    damaged = [w for w in caught if issubclass(w.category, DamagedPart)]
+    out["damaged_parts"] = list(dict.fromkeys(str(w.message) for w in damaged))
+    out["notes"] += _warning_notes([w for w in caught if w not in damaged]) + out["damaged_parts"]
     return out
 
 
@@ -547,6 +549,14 @@ class HelpFormatter(argparse.HelpFormatter):
         return h + " (default: %(default)s)"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """An error as one line, exit 2 (as ``varscale.cli.common.ArgumentParser``, which the analysis
+    half does not import): ``varscale fit: argument --n-boot: invalid int value: 'abc' (...)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} ('{self.prog} -h' lists the options)\n")
+
+
 def check_study_dir(prog: str, study_dir: str) -> int | None:
     """Before any work of ``fit`` / ``figures``: 2 (said in one line) when ``study_dir`` is not a
     study folder or a file the analysis reads is damaged, else None. A damaged cell
@@ -582,7 +592,7 @@ def check_study_dir(prog: str, study_dir: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="varscale fit", description=__doc__.split("\n")[0],
+    ap = ArgumentParser(prog="varscale fit", description=__doc__.split("\n")[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("study_dir", metavar="STUDY", help="study folder (runs/<study>)")
     ap.add_argument("--n-boot", type=int, default=DEFAULT_BOOT, help="bootstrap resamples (0: none)")
@@ -642,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = fit_study(a.study_dir, n_boot=a.n_boot, seed=a.seed, floor_last=a.floor_last,
                     floor_avg=a.floor_avg, use_floor=not a.no_floor, x_col=a.x, c_col=a.compute,
                     floor_from=a.floor_from)
+    for sentence in rep.get("damaged_parts", []):
+        print(f"varscale fit: warning: {sentence}", file=sys.stderr)
     js, md = write_report(rep, a.study_dir)
     if not a.quiet:
         print(format_terminal(rep))

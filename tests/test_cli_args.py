@@ -270,3 +270,37 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"varscale {varscale.__version__}"
     r = subprocess.run([sys.executable, "-m", "varscale.cli", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.strip() == f"varscale {varscale.__version__}"
+
+
+# --------------------------------------------------------------------------- argparse's own errors
+
+TYPE_ERRORS = {
+    "fit": (["fit", "runs/ci-tiny", "--n-boot", "abc"], "argument --n-boot: invalid int value: 'abc'"),
+    "figures": (["figures"], "the following arguments are required: STUDY"),
+    "sample": (["sample", "runs/ci-tiny", "--cell", "x", "--n", "abc"], "argument --n: invalid int value"),
+    "plan": (["plan", "runs/ci-tiny", "--threads", "x"], "argument --threads: invalid int value"),
+    "tokenizer": (["tokenizer", "train"], "the following arguments are required: STUDY"),
+    "quality": (["quality", "runs/ci-tiny", "--cfg", "high"], "argument --cfg: invalid float value"),
+}
+
+
+@pytest.mark.parametrize("cmd", sorted(COMMANDS))
+def test_an_unknown_option_is_one_line_and_exit_2(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--no-such-option"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"varscale {cmd}"), err
+    assert "-h' lists the options" in lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(TYPE_ERRORS))
+def test_a_value_of_the_wrong_type_is_one_line_and_exit_2(case):
+    argv, phrase = TYPE_ERRORS[case]
+    r = subprocess.run([sys.executable, "-m", "varscale.cli", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    prog = "varscale tokenizer train" if case == "tokenizer" else f"varscale {case}"
+    assert lines[0].startswith(prog + ": ") and phrase in lines[0], lines[0]

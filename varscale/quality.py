@@ -257,10 +257,23 @@ def get_classifier(study_dir: str | Path, study_cfg=None, cfg: ClassifierConfig 
     path = StudyLayout.of(study_dir).quality_classifier
     key = data_key(study_cfg.data)
     if path.exists() and not retrain:
-        model, meta = load_classifier(path)
-        if meta.get("data_key") == key:
+        from varscale.schema import torch_file_problem
+
+        why = torch_file_problem(path)
+        try:
+            model, meta = load_classifier(path) if why is None else (None, {})
+        except Exception as e:  # noqa: BLE001 - a foreign file: trained again, like a damaged one
+            why, model, meta = f"cannot be loaded: {str(e).splitlines()[0][:100] if str(e) else type(e).__name__}", None, {}
+        if why:
+            if log:
+                log(f"{path} is damaged ({why}); training the classifier again")
+            if path.is_dir():
+                import shutil
+
+                shutil.rmtree(path)
+        elif meta.get("data_key") == key:
             return model, meta
-        if log:
+        elif log:
             log(f"{path}: trained on other data (key {meta.get('data_key')} != {key}); retraining")
     train = make_dataset(study_cfg.data, "train")
     val = make_dataset(study_cfg.data, "val")
@@ -313,10 +326,13 @@ def real_stats(study_dir: Path, study_cfg, clf: Classifier, n: int = 5000) -> tu
 
     path = StudyLayout.of(study_dir).quality_real_stats
     tag = _clf_tag(clf) + f"-{n}"
-    if path.exists():
-        z = np.load(path)
-        if str(z["tag"]) == tag:
-            return z["mu"], z["sigma"]
+    if path.is_file():
+        try:
+            z = np.load(path)
+            if str(z["tag"]) == tag:
+                return z["mu"], z["sigma"]
+        except Exception:  # noqa: BLE001 - a damaged cache of statistics: measured again
+            pass
     img, _ = _take(make_dataset(study_cfg.data, "val"), n)
     mu, sigma = gaussian_stats(features(clf, img))
     import io
@@ -346,7 +362,9 @@ def reference(study_dir: Path, study_cfg, clf: Classifier, vae, n: int = 1000) -
 
     path = StudyLayout.of(study_dir).quality_reference
     tag = _clf_tag(clf) + f"-{n}-" + _module_tag(vae)
-    if path.exists():
+    from varscale.schema import json_problem
+
+    if path.exists() and not json_problem(path):  # a damaged one is measured again
         ref = json.loads(path.read_text())
         if ref.get("tag") == tag:
             return ref

@@ -351,13 +351,11 @@ def load_cell(study_dir: Union[str, Path], run_id: str, step: Optional[int] = No
     if not cell.config_json.exists():
         raise FileNotFoundError(f"no cell {run_id} under {cell.study.cells_dir}")
     if step is None:
-        steps = cell_steps(cell_dir)
-        if not steps:
-            raise FileNotFoundError(f"cell {run_id} has no checkpoint yet")
-        from varscale.schema import read_json
+        from varscale.train.model import latest_step
 
-        latest = read_json(cell.latest_json) or {}
-        step = int(latest.get("step", steps[-1]))
+        step = latest_step(cell)  # LATEST.json's, or the newest kept weights when it is damaged
+        if step is None:
+            raise FileNotFoundError(f"cell {run_id} has no checkpoint yet")
     vae, var, cell = load_cell_model(cell_dir, step=step, device=device)
     return vae.eval(), var.eval(), cell, int(step)
 

@@ -3,9 +3,12 @@
 A command's ``main`` is wrapped in :func:`command`: a :class:`UsageError` raised anywhere in
 it (a study folder that is not one, an unknown cell id, a class outside the study, a damaged
 file) ends the command with that one sentence on stderr, prefixed by the command's name, and
-exit code 2 -- never a traceback. The checks here run before any work, so a bad argument
-costs nothing and changes nothing. Torch-free (``varscale validate`` and ``status`` stay
-instant); writes nothing.
+exit code 2 -- never a traceback; so does a ``varscale.schema.DamagedFile`` that a reader
+deeper down raises (a damaged weights.pt, tokenizer or token cache), and a full disk
+(``DiskFull``) is one sentence and exit 1. Every parser is an :class:`ArgumentParser`, whose
+errors (``--n-boot abc``, a missing argument) are one line too. The checks here run before
+any work, so a bad argument costs nothing and changes nothing. Torch-free (``varscale
+validate`` and ``status`` stay instant); writes nothing.
 """
 from __future__ import annotations
 
@@ -46,8 +49,17 @@ class HelpFormatter(argparse.HelpFormatter):
         return h + " (default: %(default)s)"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with an error as one line (the message and where the options are listed)
+    instead of the usage block and the message: ``varscale fit: argument --n-boot: invalid int
+    value: 'abc' ('varscale fit -h' lists the options)``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} ('{self.prog} -h' lists the options)\n")
+
+
 def parser(prog: str, description: Optional[str] = None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+    return ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
 def add_study_arg(ap: argparse.ArgumentParser, help: str = STUDY_HELP) -> None:
@@ -60,11 +72,16 @@ def command(prog: str) -> Callable:
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(argv: Optional[Sequence[str]] = None) -> int:
+            from varscale.schema import DamagedFile, DiskFull
+
             try:
                 return main(argv)
-            except UsageError as e:
+            except (UsageError, DamagedFile) as e:
                 print(f"{prog}: {e}", file=sys.stderr)
                 return 2
+            except DiskFull as e:
+                print(f"{prog}: {e}", file=sys.stderr)
+                return 1
 
         return run
 

@@ -6,7 +6,8 @@ Checked: ``study.yaml`` (the strict loader), ``plan.json``; ``tokenizer/vqvae.pt
 ``tokenizer/metrics.json``; ``tokens/meta.json`` and each split's arrays against it (rows,
 sequence length, labels), its data hash against the study's; per cell ``config.json`` (the
 strict loader), ``status.json``, ``checkpoints/LATEST.json`` (JSON, and the checkpoint folders
-it names exist), every ``metrics/part-*.parquet`` and ``record.parquet`` (read whole by
+it names exist), each checkpoint as a resume checks it (manifest, sizes, CRCs) and each
+weights-only snapshot, every ``metrics/part-*.parquet`` and ``record.parquet`` (read whole by
 pyarrow); ``report/fits.json``.
 
 Each finding is one line: ``damaged`` (a file no command can read: what to do about it),
@@ -162,6 +163,46 @@ def _parquet(p: Path, f: Findings, what: str) -> None:
         f.add("damaged", f"{p}: unreadable by pyarrow ({str(e).splitlines()[0][:120]}); {what}")
 
 
+def _checkpoints(c: CellLayout, f: Findings, resume_step: Optional[int]) -> Optional[int]:
+    """Each full checkpoint with a manifest checked as a resume checks it, each weights-only
+    snapshot's weights.pt; returns the step a rerun resumes from (the newest whole one)."""
+    import re
+
+    from varscale.schema import torch_file_problem
+    from varscale.train.checkpoint import MANIFEST, CheckpointMismatch, checkpoint_problem
+
+    if not c.checkpoints.is_dir():
+        return resume_step
+    whole, damaged_full = [], False
+    for d in sorted(c.checkpoints.glob("step*")):
+        m = re.fullmatch(r"step(\d+)", d.name)
+        if not m or not d.is_dir():
+            continue
+        f.checked += 1
+        if (d / MANIFEST).exists():
+            try:
+                why = checkpoint_problem(d)
+            except CheckpointMismatch:
+                why = None
+            damaged_full |= bool(why)
+            if why and c.done.exists():
+                f.add("damaged", f"{d}: {why}; the cell is finished, so only sampling that step fails "
+                                 "('varscale sample --step' another kept one)")
+            elif why:
+                f.add("damaged", f"{d}: {why}; a rerun resumes from the previous whole checkpoint "
+                                 "(or from step 0) and writes it again")
+            else:
+                whole.append(int(m.group(1)))
+        elif not any(p.name.endswith("model_states.pt") for p in d.iterdir()):
+            why = torch_file_problem(c.weights(int(m.group(1))))
+            if why:
+                f.add("damaged", f"{c.weights(int(m.group(1)))}: {why}; 'varscale sample --step' cannot use "
+                                 "it; delete it")
+    if whole:
+        return max(whole)
+    return None if damaged_full else resume_step  # (a checkpoint without manifest: as LATEST.json says)
+
+
 def _cell(c: CellLayout, planned: Optional[set], f: Findings) -> None:
     from varscale.cell import CellConfig
     from varscale.config import ConfigError
@@ -200,8 +241,10 @@ def _cell(c: CellLayout, planned: Optional[set], f: Findings) -> None:
             resume_step = None
             f.add("damaged", f"{c.latest_json}: names checkpoint(s) {', '.join(missing)} that are not in "
                              f"{c.checkpoints}; delete LATEST.json: the cell then restarts from step 0")
+    resume_step = _checkpoints(c, f, resume_step)
     for p in c.metrics_parts():
-        _parquet(p, f, "the analysis skips it with a warning; delete it to silence that")
+        _parquet(p, f, "the analysis skips it with a warning; 'varscale run' writes it again from "
+                       "the copy in the cell's checkpoint")
     if c.record.exists():
         _parquet(c.record, f, "the analysis skips it; delete it (the cell's next run writes it again)")
     if bad_json or not c.config_json.exists() or (planned is not None and rid not in planned):

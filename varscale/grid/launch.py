@@ -262,6 +262,13 @@ def run_study(cfg: StudyConfig, layout: StudyLayout, executor: str, opts: X.Opti
     except PlanError as e:
         print(f"varscale run: {e}", file=sys.stderr)
         return 2
+    from varscale.train.records import repair_finished
+
+    for c in cells:  # a finished cell's damaged metrics part: written again from its checkpoints' copy
+        if _terminal(layout.cell(c.run_id)) is not None and repair_finished(layout.cell(c.run_id).root, log=say):
+            worked = True
+            for stage, _ in ANALYSIS_STAGES:  # fitted while the part was unreadable: fit again
+                layout.stage_stamp(stage).unlink(missing_ok=True)
     res = run_cells(layout, cells, ex, progress)
     if res.interrupted:
         say("interrupted; 'varscale run' again resumes where this one stopped")

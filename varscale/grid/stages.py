@@ -85,6 +85,10 @@ def prepare_here(layout: StudyLayout, cfg: StudyConfig) -> bool:
 
 def inputs_ready(layout: StudyLayout, cfg: StudyConfig) -> bool:
     """Tokenizer and token cache look complete (cheap check, before sending a job for them)."""
+    from varscale.tokenizer.cache import cache_damage
+
+    if cache_damage(layout.tokens_dir):  # encoded again by the preparation job
+        return False
     meta = read_json(layout.tokens_meta)
     if not meta or meta.get("data_hash") != cfg.hash("data"):
         return False

@@ -17,7 +17,11 @@ subtracts from the test loss. The ``.npy`` files are plain ``np.save`` files, so
 reads them with ``np.load(mmap_mode="r")`` without loading them into memory.
 
 A cache whose tokenizer hash or data hash differs from the study's is stale: it is rebuilt,
-never reused.
+never reused. So is a damaged one (``cache_damage``: meta.json not a JSON object with the
+keys above, an array that is not a readable ``.npy`` of the shape and dtype meta.json says):
+``TokenCache`` refuses it with a ``varscale.schema.DamagedFile`` naming the file, and
+``build_token_cache`` (``varscale tokenize``, ``varscale run``) encodes it again. Only the
+``.npy`` headers and sizes are checked, not every value (a read of the whole cache).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from varscale.schema import StudyLayout, TokensLayout, atomic_write_json, read_json
+from varscale.schema import DamagedFile, StudyLayout, TokensLayout, atomic_write_json, json_problem, read_json
 
 SPLITS = ("train", "val")
 META = TokensLayout(Path()).meta.name
@@ -142,6 +146,50 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _npy_problem(path: Path, shape: tuple, dtype: Optional[str]) -> Optional[str]:
+    """Why ``path`` is not a whole ``.npy`` of ``shape`` (and ``dtype``), from its header and size."""
+    if not path.is_file():
+        return "missing, though meta.json says the cache is complete" if not path.exists() else "not a file"
+    try:
+        arr = np.load(path, mmap_mode="r")  # reads the header; a short file cannot be mapped
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file fails in many ways
+        return f"not a readable .npy file ({str(e).splitlines()[0][:100] if str(e) else type(e).__name__})"
+    if tuple(arr.shape) != tuple(shape):
+        return f"shape {tuple(arr.shape)}, meta.json says {tuple(shape)}"
+    if dtype is not None and arr.dtype.name != dtype:
+        return f"dtype {arr.dtype.name}, meta.json says {dtype}"
+    return None
+
+
+def cache_damage(tokens_dir: str | os.PathLike) -> Optional[tuple[Path, str]]:
+    """(file, why) for the first damaged file of the cache in ``tokens_dir``; None when it is
+    whole or has no meta.json (an incomplete cache, which is simply encoded)."""
+    lay = TokensLayout(Path(tokens_dir))
+    why = json_problem(lay.meta)
+    if why:
+        return lay.meta, why
+    meta = read_json(lay.meta)
+    if meta is None:
+        return None
+    counts, L = meta.get("counts"), meta.get("seq_len")
+    if not isinstance(counts, dict) or not all(isinstance(counts.get(s), int) for s in SPLITS) \
+            or not isinstance(L, int) or not isinstance(meta.get("patch_nums"), list) \
+            or not isinstance(meta.get("vocab_size"), int):
+        return lay.meta, "not a token cache's meta (counts, seq_len, patch_nums, vocab_size)"
+    for split in SPLITS:
+        for path, shape, dtype in ((lay.idx(split), (counts[split], L), meta.get("dtype")),
+                                   (lay.labels(split), (counts[split],), "int32")):
+            why = _npy_problem(path, shape, dtype)
+            if why:
+                return path, why
+    return None
+
+
+def _fix(tokens_dir: Path) -> str:
+    study = tokens_dir.parent
+    return f"run 'varscale tokenize {study}' (or 'varscale run {study}'), which encodes the cache again"
+
+
 class TokenCache:
     """One split of a complete cache: ``idx_NL`` (memory-mapped), ``labels_N``, ``meta``."""
 
@@ -150,6 +198,9 @@ class TokenCache:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.tokens_dir = Path(tokens_dir)
         self.split = split
+        bad = cache_damage(self.tokens_dir)
+        if bad:
+            raise DamagedFile(bad[0], bad[1], _fix(self.tokens_dir))
         meta = read_json(self.tokens_dir / META)
         if meta is None:
             raise FileNotFoundError(
@@ -158,8 +209,6 @@ class TokenCache:
         self.meta: dict[str, Any] = meta
         self.idx_NL: np.ndarray = np.load(_idx_path(self.tokens_dir, split), mmap_mode="r")
         self.labels_N: np.ndarray = np.load(_labels_path(self.tokens_dir, split))
-        if self.idx_NL.shape[0] != self.labels_N.shape[0] or self.idx_NL.shape[0] != meta["counts"][split]:
-            raise ValueError(f"token cache {self.tokens_dir} is inconsistent for split {split}")
 
     @property
     def patch_nums(self) -> list[int]:
@@ -191,7 +240,10 @@ class TokenCache:
 
 
 def cache_state(tokens_dir: str | os.PathLike, tokenizer_hash: str, data_hash: Optional[str] = None) -> str:
-    """'complete', 'missing' or 'stale: <why>' for the cache in ``tokens_dir``."""
+    """'complete', 'missing', 'stale: <why>' or 'damaged: <file>: <why>' for the cache in ``tokens_dir``."""
+    bad = cache_damage(tokens_dir)
+    if bad:
+        return f"damaged: {bad[0].name}: {bad[1]}"
     meta = read_json(Path(tokens_dir) / META)
     if meta is None:
         return "missing"
@@ -241,9 +293,20 @@ def build_token_cache(study_dir: str | os.PathLike, cfg, vae=None, force: bool =
     if state == "complete" and not force:
         log(f"tokens: cache in {tokens_dir} is complete for tokenizer {thash}; skipping")
         return read_json(tokens_dir / META)
-    if state.startswith("stale"):
+    if state.startswith(("stale", "damaged")):
         log(f"tokens: rebuilding {tokens_dir} ({state})")
-    (tokens_dir / META).unlink(missing_ok=True)
+    meta_p = tokens_dir / META
+    if meta_p.is_dir():  # damaged into a folder: replaced like any damaged file
+        import shutil
+
+        shutil.rmtree(meta_p)
+    meta_p.unlink(missing_ok=True)
+    for split in SPLITS:  # a folder where an array belongs cannot be renamed over
+        for p in (_idx_path(tokens_dir, split), _labels_path(tokens_dir, split)):
+            if p.is_dir():
+                import shutil
+
+                shutil.rmtree(p)
     tokens_dir.mkdir(parents=True, exist_ok=True)
 
     patch_nums = list(vae.patch_nums) if hasattr(vae, "patch_nums") else list(preset_of(cfg).patch_nums)

@@ -13,7 +13,10 @@ Identity, two hashes:
   cache made by another tokenizer is rebuilt.
 
 Reads only; the trainer writes the checkpoint atomically (``varscale.schema``), so a file
-here is either complete or absent, and ``complete: false`` marks a collapsed tokenizer.
+here is either complete or absent, and ``complete: false`` marks a collapsed tokenizer. A file
+damaged afterwards (truncated, overwritten, a failed CRC, not a state dict, another preset's)
+is a ``varscale.schema.DamagedFile`` naming it and what to do when loaded, and not complete
+for ``existing_complete`` (so ``varscale run`` / ``tokenizer train`` train it again).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from varscale.schema import StudyLayout
+from varscale.schema import DamagedFile, StudyLayout, torch_file_problem
 
 # --------------------------------------------------------------------------- identity
 
@@ -85,14 +88,37 @@ def resolve_checkpoint(path: str, study_dir: Path) -> Path:
     return p
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A VQVAE state dict from varscale's vqvae.pt or a plain one (the official .pth)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+def fix_for(path: Path, study_dir: Optional[Path] = None) -> str:
+    """What to do about a damaged tokenizer file: the study's own is trained again, a given
+    ``tokenizer.checkpoint`` must be restored."""
+    if study_dir is not None and Path(path) == StudyLayout.of(study_dir).tokenizer_ckpt:
+        return (f"delete it and run 'varscale tokenizer train {study_dir}' (or 'varscale run', which does it); "
+                "the token cache is then encoded again")
+    return "restore it (study.yaml's tokenizer.checkpoint names it)"
+
+
+def load_state_dict_file(path: str | os.PathLike, study_dir: Optional[Path] = None) -> dict[str, torch.Tensor]:
+    """A VQVAE state dict from varscale's vqvae.pt or a plain one (the official .pth); a damaged
+    file is ``DamagedFile`` (``study_dir``: whose own tokenizer it may be, for what to do)."""
+    fix = fix_for(Path(path), study_dir)
+    why = torch_file_problem(path)
+    if why:
+        raise DamagedFile(path, why, fix)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpicklable, foreign: one sentence
+        raise DamagedFile(path, f"torch.load fails: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}",
+                          fix) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         return obj["state_dict"]
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
-    raise ValueError(f"{path}: not a VQVAE state dict")
+    raise DamagedFile(path, "not a VQVAE state dict", fix)
+
+
+def tokenizer_problem(study_dir) -> Optional[str]:
+    """Why the study's own ``tokenizer/vqvae.pt`` is damaged (None when it is whole or absent)."""
+    return torch_file_problem(StudyLayout.of(study_dir).tokenizer_ckpt)
 
 
 def load_tokenizer(study_dir, cfg, device=None):
@@ -107,8 +133,12 @@ def load_tokenizer(study_dir, cfg, device=None):
         if not path.exists():
             raise FileNotFoundError(f"no tokenizer at {path}; run 'varscale tokenizer train {study_dir}'")
     vae = VQVAE.from_preset(preset_of(cfg))
-    sd = load_state_dict_file(path)
-    missing, unexpected = vae.load_state_dict(sd, strict=False)
+    sd = load_state_dict_file(path, study_dir)
+    try:
+        missing, unexpected = vae.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise DamagedFile(path, f"does not fit preset '{cfg.model.preset}': {str(e).splitlines()[-1].strip()[:160]}",
+                          fix_for(path, study_dir)) from None
     missing = [k for k in missing if "ema_vocab_hit" not in k]
     if missing or unexpected:
         raise ValueError(f"{path} does not fit preset '{cfg.model.preset}': missing {missing[:5]}, "
@@ -120,7 +150,7 @@ def load_tokenizer(study_dir, cfg, device=None):
 def existing_complete(study_dir, cfg) -> Optional[dict]:
     """The metrics of a finished checkpoint for this exact tokenizer config, else None."""
     path = StudyLayout.of(study_dir).tokenizer_ckpt
-    if not path.exists():
+    if not path.exists() or torch_file_problem(path):
         return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -203,6 +203,15 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
                 f"(val PSNR {done.get('val_psnr', float('nan')):.2f} dB; --force retrains)")
             return layout.tokenizer_ckpt
 
+    from varscale.tokenizer.checkpoint import tokenizer_problem
+
+    damaged = tokenizer_problem(study_dir)
+    if damaged:  # trained again, like a missing one (the atomic write below replaces it)
+        log(f"tokenizer: {layout.tokenizer_ckpt} is damaged ({damaged}); training it again")
+        if layout.tokenizer_ckpt.is_dir():
+            import shutil
+
+            shutil.rmtree(layout.tokenizer_ckpt)
     torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)

@@ -8,21 +8,28 @@ Written into the cell folder (paths from ``varscale.schema.CellLayout``), by ran
     DONE                               the final state, written last (``Records.finish``)
 
 Crash safety: a part file's name is the evaluation's index, so an evaluation recomputed
-after a resume overwrites its row instead of adding one; ``last_written_row`` reads back the
-row a resumed run continues from. ``Progress`` is the trainer's own state, saved in every
-checkpoint's ``client_state`` so a resumed run carries on with the same counters.
+after a resume overwrites its row instead of adding one. ``Records.rows`` keeps every row
+written so far; each full checkpoint stores a copy of them (``checkpoints/step<N>/metrics.parquet``),
+so a resumed run continues from exactly the rows its checkpoint saw (``Records.restore``) and
+a damaged or deleted part of an evaluation before that checkpoint is written again from the
+copy (``repair_parts``, which also repairs a finished cell, torch-free: ``varscale run`` calls
+it for done cells). ``Progress`` is the trainer's own state, saved in every checkpoint's
+``client_state`` so a resumed run carries on with the same counters.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from varscale.cell import CellConfig
-from varscale.schema import CellLayout, atomic_write_bytes, atomic_write_json, read_json, write_part, write_record
+from varscale.schema import (CellLayout, atomic_write_bytes, atomic_write_json, parquet_problem, read_json, write_part,
+                             write_record)
 
 
 def now() -> str:
@@ -98,17 +105,100 @@ class ModelSize:
                    int(counts["n_params_nonembedding"]), cell.width, cell.depth)
 
 
-def last_written_row(layout: CellLayout, eval_steps: list[int], step: int) -> dict[str, Any]:
-    """The metrics row of the last evaluation at or before ``step``, if written."""
+def eval_index(cell: CellConfig, step: int) -> Optional[int]:
+    """The index (part number) of the evaluation at ``step``: its place in ``eval_steps``, or
+    one past the end for a last step that is no evaluation step (the trainer evaluates it)."""
+    if step in cell.eval_steps:
+        return cell.eval_steps.index(step)
+    return len(cell.eval_steps) if step == cell.total_steps else None
+
+
+def _read_rows(path: Path) -> Optional[list[dict[str, Any]]]:
+    """The rows of a parquet file, or None when it is absent or damaged."""
     import pyarrow.parquet as pq
 
-    done = [i for i, s in enumerate(eval_steps) if s <= step]
-    if not done:
-        return {}
-    try:
-        return pq.read_table(layout.metrics_part(max(done))).to_pylist()[0]
-    except (OSError, IndexError):
-        return {}
+    if not path.is_file() or parquet_problem(path):
+        return None
+    return pq.read_table(path).to_pylist()
+
+
+def _part_index(path: Path) -> Optional[int]:
+    m = re.fullmatch(r"part-(\d+)\.parquet", path.name)
+    return int(m.group(1)) if m else None
+
+
+def rows_from(cell: CellConfig, rows: list[dict[str, Any]], upto: Optional[int] = None) -> dict[int, dict]:
+    """{eval index: row} of the rows at or before step ``upto`` (all with None)."""
+    out = {}
+    for r in rows:
+        i = eval_index(cell, int(r["step"])) if r.get("step") is not None else None
+        if i is not None and (upto is None or int(r["step"]) <= upto):
+            out[i] = r
+    return out
+
+
+def repair_parts(layout: CellLayout, cell: CellConfig, rows: dict[int, dict], upto: Optional[int] = None,
+                 source: str = "") -> list[str]:
+    """Write again every part of an evaluation at or before ``upto`` (all with None) that is
+    missing or damaged, from ``rows`` ({eval index: row}); one message per part it touched
+    or could not."""
+    msgs = []
+    indices = set(rows) | {i for i in map(_part_index, layout.metrics_parts()) if i is not None}
+    for i in sorted(indices):
+        step = cell.eval_steps[i] if i < len(cell.eval_steps) else cell.total_steps
+        if upto is not None and step > upto:
+            continue  # evaluated again by the run that resumes before it
+        p = layout.metrics_part(i)
+        why = "missing" if not p.exists() else parquet_problem(p)
+        if why is None:
+            continue
+        if i in rows:
+            if p.is_dir():
+                import shutil
+
+                shutil.rmtree(p)
+            write_part(layout.metrics_dir, [rows[i]], i)
+            msgs.append(f"metrics part {p.name} (evaluation at step {step}) was {why}: written again from {source}")
+        else:
+            msgs.append(f"metrics part {p} (evaluation at step {step}) is {why} and no kept checkpoint holds "
+                        "a copy of it: it stays lost (the analysis skips it with a warning)")
+    return msgs
+
+
+def kept_rows(layout: CellLayout, cell: CellConfig) -> tuple[dict[int, dict], list[str]]:
+    """Every row the cell's kept checkpoints hold a copy of ({eval index: row}, the newest copy
+    winning), and the copies read."""
+    rows: dict[int, dict] = {}
+    used = []
+    folders = sorted((d for d in layout.checkpoints.glob("step*") if d.is_dir()), key=lambda d: d.name)
+    for d in folders:  # oldest first: a newer copy of the same row replaces an older one
+        m = re.fullmatch(r"step(\d+)", d.name)
+        got = _read_rows(layout.checkpoint_rows(int(m.group(1)))) if m else None
+        if got:
+            rows.update(rows_from(cell, got))
+            used.append(d.name)
+    return rows, used
+
+
+def repair_finished(cell_dir: str | os.PathLike, log: Callable[[str], Any] = print) -> list[str]:
+    """A finished (done or diverged) cell's missing or damaged metrics parts written again from
+    the copies its kept checkpoints hold; what it did, each also given to ``log``. Torch-free;
+    touches nothing when every part reads."""
+    layout = CellLayout(Path(cell_dir))
+    bad = [p for p in layout.metrics_parts() if parquet_problem(p)]
+    if not bad and not layout.checkpoints.is_dir():
+        return []
+    cell = CellConfig.load(layout.root)
+    have = {i for i in map(_part_index, layout.metrics_parts()) if i is not None}
+    if not bad and have >= set(range(len(cell.eval_steps))):
+        return []  # every evaluation's part there and readable: the copies need not be read
+    rows, used = kept_rows(layout, cell)
+    if not bad and set(rows) <= have:
+        return []
+    msgs = repair_parts(layout, cell, rows, source="the copy in checkpoint " + (used[-1] if used else "?"))
+    for m in msgs:
+        log(f"[{cell.run_id}] {m}")
+    return msgs
 
 
 class Records:
@@ -119,6 +209,30 @@ class Records:
         self.layout, self.cell, self.size = layout, cell, size
         self.main, self.world, self.peak_flops = main, world, peak_flops
         self.state: dict[str, Any] = {"state": "running", "step": 0, "total_steps": cell.total_steps}
+        self.rows: dict[int, dict[str, Any]] = {}  # every row written so far, by evaluation index
+
+    def restore(self, step: int, log: Callable[[str], Any]) -> dict[str, Any]:
+        """After a resume from the checkpoint at ``step``: ``rows`` from its copy (a checkpoint
+        from before copies existed: from the parts), damaged or missing parts of evaluations up
+        to ``step`` written again; returns the last row (the run record's finals)."""
+        c = self.cell
+        copy = self.layout.checkpoint_rows(step)
+        got = _read_rows(copy)
+        if got is not None:
+            self.rows = rows_from(c, got, step)
+            source = f"the copy in checkpoint {copy.parent.name}"
+        else:  # a checkpoint saved before copies existed: what the parts still hold
+            parts = [_read_rows(self.layout.metrics_part(i)) for i in range(len(c.eval_steps) + 1)]
+            self.rows = rows_from(c, [r for p in parts if p for r in p], step)
+            source = "the parts"
+        if self.main:
+            for m in repair_parts(self.layout, c, self.rows, upto=step, source=source):
+                log(m)
+        return self.rows[max(self.rows)] if self.rows else {}
+
+    def copy_rows(self) -> list[dict[str, Any]]:
+        """Every row written so far, in evaluation order (a full checkpoint keeps a copy)."""
+        return [self.rows[i] for i in sorted(self.rows)]
 
     def log(self, msg: str) -> None:
         if self.main:
@@ -161,6 +275,7 @@ class Records:
         }
         if self.main:
             write_part(self.layout.metrics_dir, [row], eval_index)
+        self.rows[eval_index] = row
         return row
 
     def log_line(self, p: Progress) -> None:
@@ -200,9 +315,14 @@ class Records:
 
 
 def mark_failed(layout: CellLayout, message: str, traceback_text: str) -> None:
-    """traceback.txt and ``state: failed`` in status.json (rank 0; no DONE, so the grid retries)."""
-    atomic_write_bytes(layout.traceback, traceback_text.encode())
-    prev = read_json(layout.status_json, {}) or {}
+    """``state: failed`` in status.json, then traceback.txt (rank 0; no DONE, so the grid
+    retries). The small file first: on a full disk the state is what must get through."""
+    try:
+        prev = read_json(layout.status_json, {}) or {}
+    except ValueError:  # a damaged status.json is replaced
+        prev = {}
+    prev = prev if isinstance(prev, dict) else {}
     prev.update(state="failed", message=message, updated=now(), pid=os.getpid(), host=socket.gethostname())
     atomic_write_json(layout.status_json, prev)
+    atomic_write_bytes(layout.traceback, traceback_text.encode())
 

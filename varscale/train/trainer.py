@@ -15,11 +15,15 @@ the run record) and ``model`` (the tokenizer and the VAR). Everything lands in t
     traceback.txt         on failure
     monitor/<backend>/    live curves when the study has a ``monitor`` section (``monitor.py``)
 
-Crash safety: a checkpoint counts only once ``checkpoints/LATEST.json`` names it, and that
-file is replaced atomically after every rank finished writing. Rerunning an interrupted cell
-resumes from there; evaluations after it are recomputed and overwrite their part files (the
-file name is the evaluation's index), so rows are never lost or duplicated. Data order and
-dropout randomness are functions of (seed, step, rank), so a resumed run is the same run.
+Crash safety: a checkpoint counts only once its manifest is written, after every rank
+finished writing, and ``checkpoints/LATEST.json`` is then replaced atomically. Rerunning an
+interrupted cell resumes from the newest whole checkpoint (a damaged one is skipped for the
+one before it; with none left the cell trains again from step 0); evaluations after it are
+recomputed and overwrite their part files (the file name is the evaluation's index), and
+damaged parts before it are written again from the checkpoint's copy of the rows, so rows
+are never lost or duplicated. Data order and dropout randomness are functions of (seed,
+step, rank), so a resumed run is the same run. A full disk fails the cell (``DiskFull``,
+naming the file) and leaves it resumable.
 
 Exit codes: 0 done, 3 diverged (non-finite loss), 1 failed. Runs as one process without a
 launcher, or as several under torchrun / deepspeed / Slurm (gloo on CPU); under torchrun each
@@ -41,14 +45,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from varscale.cell import CellConfig
-from varscale.schema import CellLayout, StudyLayout, atomic_write_json
+from varscale.schema import CellLayout, DamagedFile, DiskFull, StudyLayout, atomic_write_json
 from varscale.train.batches import Batches, TeacherForcing, precompute_plan, step_seed
-from varscale.train.checkpoint import Checkpoints
+from varscale.train.checkpoint import CheckpointMismatch, Checkpoints
 from varscale.train.model import build_model, load_vae
 from varscale.train.monitor import CellMonitor, ds_keys
-from varscale.train.records import ModelSize, Progress, Records, Window, last_written_row, mark_failed
+from varscale.train.records import ModelSize, Progress, Records, Window, mark_failed, repair_finished
 
 EXIT_DONE, EXIT_FAILED, EXIT_DIVERGED = 0, 1, 3
+# failures that are one sentence naming the file and what to do (a full disk, a damaged input,
+# a checkpoint of another world size): printed as that sentence, the traceback kept in the file
+EXPECTED_FAILURES = (DamagedFile, DiskFull, CheckpointMismatch)
 
 
 class Diverged(Exception):
@@ -156,14 +163,23 @@ class CellRun:
         self.p.timing["setup"] = time.perf_counter() - t0
 
     def resume(self) -> None:
-        """Continue from this run's last checkpoint, or start a WSD branch from its stable run's."""
+        """Continue from this run's newest whole checkpoint (a damaged one is skipped for the one
+        before it, said in the log and in status.json's ``fallback``), or start a WSD branch
+        from its stable run's."""
         loaded = self.ckpts.load()
         if loaded is None:
             return
+        note = loaded.fallback_note()
+        if note:
+            self.records.log(note)
+            self.records.status(fallback=note)
+        if loaded.client is None:  # every checkpoint damaged: from step 0, every row recomputed
+            return
         if loaded.own:
             self.p.restore(loaded.client)
-            self.last_row = last_written_row(self.layout, self.cell.eval_steps, self.p.step)
+            self.last_row = self.records.restore(self.p.step, self.records.log)
             self.records.log(f"resumed from {loaded.tag}")
+            self.records.status(resumed_from=loaded.tag)
         else:  # only the weights, Adam state and step; counters start afresh
             self.p.step = int(loaded.client["step"])
             self.records.log(f"branching from {self.cell.branch_from} at step {self.p.step}")
@@ -311,7 +327,7 @@ class CellRun:
     def checkpoint(self) -> None:
         t0 = time.perf_counter()
         if self.p.step in self.ckpts.full_at:
-            self.ckpts.save(self.p.step, self.p.client_state())
+            self.ckpts.save(self.p.step, self.p.client_state(), rows=self.records.copy_rows())
         else:
             self.ckpts.save_weights(self.p.step)
         self.p.timing["checkpoint"] += time.perf_counter() - t0
@@ -337,6 +353,8 @@ def train_cell(cell_dir: str | os.PathLike) -> int:
     done = layout.done
     if done.exists():
         state = done.read_text().strip() or "done"
+        if int(os.environ.get("RANK", "0")) == 0:
+            repair_finished(layout.root)  # a damaged metrics part, from the checkpoints' copies
         return EXIT_DIVERGED if state == "diverged" else EXIT_DONE
     run = None
     try:
@@ -347,12 +365,15 @@ def train_cell(cell_dir: str | os.PathLike) -> int:
         rank = int(os.environ.get("RANK", "0"))
         if rank == 0:
             try:
-                message = f"{type(e).__name__}: {e}"
+                message = str(e) if isinstance(e, EXPECTED_FAILURES) else f"{type(e).__name__}: {e}"
                 mark_failed(layout, message, tb)
                 if run is not None and run.records is not None:
                     # no DONE: a failed cell is retried (resumed) by the grid
                     run.finish("failed", message=message, mark_done=False)
             except Exception:  # noqa: BLE001
                 pass
-        print(tb, file=sys.stderr)
+        if isinstance(e, EXPECTED_FAILURES):  # its sentence says it all; the traceback is in the file
+            print(f"[{layout.run_id}] failed: {e}", file=sys.stderr)
+        else:
+            print(tb, file=sys.stderr)
         return EXIT_FAILED
