@@ -63,6 +63,10 @@ def _cases(d: Path, rid: str, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "quality-no-folder": (["quality", str(nope)], "no study folder"),
         "quality-cell": (["quality", str(d), "--cell", "nope"], "no cell nope"),
         "doctor-no-folder": (["doctor", str(nope)], "no study folder"),
+        "predict-no-folder": (["predict", str(nope), "--depth", "2", "--tokens", "1e6"], "no study folder"),
+        "predict-no-budget": (["predict", str(d), "--depth", "2"], "a size (--depth or --params) and a budget"),
+        "allocate-metric": (["allocate", str(d), "--flops", "1e9", "--metric", "loss"], "valid: L_last"),
+        "allocate-flops": (["allocate", str(d), "--flops", "-1"], "--flops must be > 0"),
     }
 
 

@@ -27,7 +27,7 @@ METRICS = {"L_last": "test_loss_last", "L_avg": "test_loss_avg", "Err_last": "te
 def build_parser():
     ap = C.parser(PROG, description=__doc__)
     C.add_study_arg(ap, "the fitted study (runs/<study>) whose laws allocate")
-    ap.add_argument("--flops", type=float, action="append", help="a training FLOP budget C (repeatable)")
+    ap.add_argument("--flops", type=float, action="append", help="a training FLOP budget C (repeatable; default: none, then --check-frontier alone)")
     ap.add_argument("--metric", default="L_avg", help=f"the metric to minimise: {', '.join(METRICS)}")
     ap.add_argument("--max-depth", type=int, help="deepest model of the family (default: twice the study's deepest)")
     ap.add_argument("--neighbours", type=int, default=1, help="depths shown on each side of the best")

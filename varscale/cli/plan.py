@@ -21,7 +21,7 @@ def build_parser():
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     ap.add_argument("--predict-from", metavar="PILOT",
                     help="a finished study whose laws predict every planned run's metrics; written to "
-                         "<study>/predictions.json unless a run has trained since")
+                         "<study>/predictions.json unless a run has trained since (default: no predictions)")
     ap.add_argument("--n-boot", type=int, default=1000, help="resamples of the pilot's runs (--predict-from)")
     return ap
 

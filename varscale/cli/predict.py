@@ -42,14 +42,14 @@ def build_parser():
     ap = C.parser(PROG, description=__doc__)
     C.add_study_arg(ap, "the fitted study (runs/<study>) whose laws predict")
     ap.add_argument("--depth", dest="sizes", type=int, action=_Pair, metavar="DEPTH",
-                    help="a target's VAR depth (repeatable)")
+                    help="a target's VAR depth (repeatable; default: none)")
     ap.add_argument("--params", dest="sizes", type=float, action=_Pair, metavar="PARAMS",
-                    help="a target's parameter count N (repeatable)")
+                    help="a target's parameter count N (repeatable; default: none)")
     ap.add_argument("--tokens", dest="budgets", type=float, action=_Pair, metavar="TOKENS",
-                    help="a target's training tokens D (repeatable)")
+                    help="a target's training tokens D (repeatable; default: none)")
     ap.add_argument("--flops", dest="budgets", type=float, action=_Pair, metavar="FLOPS",
-                    help="a target's training FLOPs C (repeatable)")
-    ap.add_argument("--targets", metavar="CSV", help="a CSV of targets: depth|n_params, tokens|flops[, label]")
+                    help="a target's training FLOPs C (repeatable; default: none)")
+    ap.add_argument("--targets", metavar="CSV", help="a CSV of targets: depth|n_params, tokens|flops[, label] (default: none)")
     add_prediction_args(ap)
     return ap
 
