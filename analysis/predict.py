@@ -255,11 +255,6 @@ def _label(r) -> str:
     return f"{size} @ {r['tokens']:.3g} tokens"
 
 
-def _interval(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = percentile_ci(v, CI_LEVEL)
-    return lo, hi
-
-
 def predict(study: Any, targets: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0,
             metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Predicted metrics at ``targets`` (see :func:`targets_frame`) from a study folder or a
@@ -290,14 +285,14 @@ def predict(study: Any, targets: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0,
     rows = []
     for m in metrics:
         point, boot = P.approach3(m, N, D)
-        lo, hi = _interval(boot)
-        plo, phi = _interval(P.observation(m, boot))
+        lo, hi = percentile_ci(boot, CI_LEVEL)
+        plo, phi = percentile_ci(P.observation(m, boot))
         fpt, fboot = P.frontier_law(m, C)
-        flo, fhi = _interval(fboot) if np.isfinite(fboot).any() else (np.full(len(t), np.nan),) * 2
+        flo, fhi = percentile_ci(fboot) if np.isfinite(fboot).any() else (np.full(len(t), np.nan),) * 2
         has_floor = m in P.floor
         if has_floor:
             Eb = H._E_rows(P.floor[m]["E"], P.E_samples.get(m), P.n_boot)
-            rlo, rhi = _interval(boot - Eb[:, None])
+            rlo, rhi = percentile_ci(boot - Eb[:, None])
         for i in range(len(t)):
             row = {"target": t["label"][i], "depth": t["depth"][i], "n_params": N[i], "tokens": D[i],
                    "flops": C[i], "metric": m, "short": SHORT[m], "law": "approach3",
@@ -381,8 +376,6 @@ def allocate(study: Any, C: float, family: pd.DataFrame | None = None, metric: s
 def family_of(P: Predictor) -> pd.DataFrame:
     """The depths a study trained: depth, n_params, flops_per_token (from its runs)."""
     r = P.runs
-    g = r.groupby("depth").agg(n_params=("n_params", "first"),
-                               flops_per_token=("flops", lambda s: np.nan)).reset_index()
-    fpt = (r["flops"] / r["tokens_seen"]).groupby(r["depth"]).median()
-    g["flops_per_token"] = g["depth"].map(fpt)
-    return g.sort_values("depth").reset_index(drop=True)
+    return pd.DataFrame({"n_params": r.groupby("depth")["n_params"].first(),
+                         "flops_per_token": (r["flops"] / r["tokens_seen"]).groupby(r["depth"]).median()}
+                        ).reset_index().sort_values("depth").reset_index(drop=True)

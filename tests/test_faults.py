@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_trainer_kit import CLOCK_COLUMNS, PY, ROOT, env, make_study, metrics
+from test_trainer_kit import PY, ROOT, assert_same_rows, env, make_study, metrics
 
 KINDS = ("truncate", "zero", "random", "dir")
 CK4, CK8, CK12 = "checkpoints/step00000004", "checkpoints/step00000008", "checkpoints/step00000012"
@@ -103,19 +103,7 @@ def same_metrics(tiny: Tiny, cell_dir: Path) -> None:
     assert parts == [f"part-{i:06d}.parquet" for i in range(len(tiny.cell.eval_steps))], parts
     a, b = tiny.ref, metrics(cell_dir)
     assert list(b["step"]) == list(a["step"])
-    for c in a.columns:
-        if c in CLOCK_COLUMNS:
-            continue
-        if a[c].dtype == object:
-            x, y = np.stack(a[c].map(np.asarray)), np.stack(b[c].map(np.asarray))
-            if x.dtype.kind == "f":
-                np.testing.assert_allclose(y, x, rtol=0, atol=1e-5, err_msg=c)
-            else:
-                assert (x == y).all(), c
-        elif a[c].dtype.kind == "f":
-            np.testing.assert_allclose(b[c], a[c], rtol=1e-6, atol=1e-5, err_msg=c)
-        else:
-            assert (a[c] == b[c]).all(), c
+    assert_same_rows(a, b)
 
 
 def full_checkpoints(cell_dir: Path) -> list[str]:

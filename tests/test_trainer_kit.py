@@ -91,3 +91,23 @@ def metrics(cell_dir: Path):
 
 # columns that depend on the clock, not on the numbers
 CLOCK_COLUMNS = ["wall_s", "images_per_s", "tokens_per_s", "flops_per_s", "mfu", "time"]
+
+
+def assert_same_rows(a, b) -> None:
+    """Two runs' metrics frames equal in every column but the clock's: floats within 1e-5,
+    lists of floats (per-scale columns) elementwise, everything else exactly."""
+    import numpy as np
+
+    for c in a.columns:
+        if c in CLOCK_COLUMNS:
+            continue
+        if a[c].dtype == object:
+            x, y = np.stack(a[c].map(np.asarray)), np.stack(b[c].map(np.asarray))
+            if x.dtype.kind == "f":
+                np.testing.assert_allclose(y, x, rtol=0, atol=1e-5, err_msg=c)
+            else:
+                assert (x == y).all(), c
+        elif a[c].dtype.kind == "f":
+            np.testing.assert_allclose(b[c], a[c], rtol=1e-6, atol=1e-5, err_msg=c)
+        else:
+            assert (a[c] == b[c]).all(), c

@@ -6,10 +6,9 @@ import signal
 import subprocess
 import time
 
-import numpy as np
 import pandas as pd
 
-from test_trainer_kit import CLOCK_COLUMNS, TRAIN, env, make_study, metrics, train
+from test_trainer_kit import TRAIN, assert_same_rows, env, make_study, metrics, train
 
 STEPS = 60
 
@@ -64,18 +63,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     a, b = metrics(ref), metrics(victim)
     assert list(b["step"]) == cell.eval_steps  # every evaluation once, none duplicated
     assert len(list((victim / "metrics").glob("part-*.parquet"))) == len(cell.eval_steps)
-    num = [c for c in a.columns if c not in CLOCK_COLUMNS]
-    for c in num:
-        if a[c].dtype == object:
-            x, y = np.stack(a[c].map(np.asarray)), np.stack(b[c].map(np.asarray))
-            if x.dtype.kind == "f":
-                np.testing.assert_allclose(y, x, rtol=0, atol=1e-5, err_msg=c)
-            else:
-                assert (x == y).all(), c
-        elif a[c].dtype.kind == "f":
-            np.testing.assert_allclose(b[c], a[c], rtol=1e-6, atol=1e-5, err_msg=c)
-        else:
-            assert (a[c] == b[c]).all(), c
+    assert_same_rows(a, b)
     ra = pd.read_parquet(ref / "record.parquet")
     rb = pd.read_parquet(victim / "record.parquet")
     assert abs(ra["final_test_loss_avg"][0] - rb["final_test_loss_avg"][0]) < 1e-5
