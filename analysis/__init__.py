@@ -9,10 +9,13 @@ Public API:
 - ``extrapolation_check(x, y)`` fit without the largest model, predict it.
 Every fit returns a :class:`Fit` (params as attributes, ``ci``, ``n``, ``r``, ``warnings``).
 The report's laws are the fit forms registered by name in ``analysis.forms.FORMS``.
-Figures (matplotlib) and the report live in ``analysis.figures`` / ``analysis.report``;
+A study is read once into ``analysis.study.Study``; ``analysis.fitting.fit_study`` returns the
+typed ``analysis.results.Report`` (fits.json is its serialization, ``read_report`` reads any
+version back); ``analysis.render`` writes it as text. Figures (matplotlib) live in ``analysis.figures``;
 import those modules with ``from analysis.load import ...`` style paths, since the name
 ``analysis.load`` is the function.
 """
+from . import forms  # noqa: F401  (fills analysis.registry: how a Fit finds its form's law)
 from .bootstrap import Fit
 from .chinchilla import extrapolation_check_chinchilla, fit_chinchilla, hoffmann_grid, isoflop
 from .frontier import fit_frontier, pareto_mask

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .registry import FORMS
+
 CI_LEVEL = 0.95
 DEFAULT_BOOT = 1000
 
@@ -86,10 +88,11 @@ def _clean(v: Any) -> Any:
 @dataclass
 class Fit:
     """One fitted law: parameters (also readable as attributes: ``fit.alpha``), intervals,
-    goodness of fit and everything a reader needs to judge it."""
+    goodness of fit and everything a reader needs to judge it. An entry of the typed report
+    (``analysis.results.Report.fits``), serialized there."""
 
     form: str  # "power" y=(k x)^alpha | "saturating" y=E+(x0/x)^alpha | "chinchilla" | ...
-    metric: str = ""  # e.g. "test_loss_last" or "test_loss_last - 4.51"
+    metric: str = ""  # the metric fitted, e.g. "test_loss_last" (with E subtracted when reducible)
     x: str = ""  # what the law is a function of: "n_params", "flops (frontier)", "N, D"
     group: str = ""  # the slice fitted, e.g. "budget_tokens=1e+07"
     params: dict[str, float] = field(default_factory=dict)
@@ -100,6 +103,9 @@ class Fit:
     n_boot: int = 0  # resamples whose fit succeeded
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    quantity: str = "raw"  # "raw": the metric itself; "reducible": the metric minus the study's floor
+    floor: str | None = None  # which study floor was subtracted (a key of Report.floor), None when raw
+    frontier: bool = False  # fitted on a compute frontier (x is C_min)
     # bootstrap values per parameter (n_boot,), nan where a resample gave no fit; not written
     samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -113,23 +119,21 @@ class Fit:
 
     def equation(self) -> str:
         """The fitted law as text, written by the form registered as ``self.form``."""
-        from .forms import get
-
-        form = get(self.form)
+        form = FORMS.get(self.form)
         if form is None:
             return ", ".join(f"{k}={v:.3g}" for k, v in self.params.items())
         return form.equation(self.params)
 
     def predict(self, x, d=None) -> np.ndarray:
-        """The fitted law at x (power, saturating, isoflop) or at (N, D) (chinchilla)."""
-        from .forms import get
-
-        form = get(self.form)
+        """The fitted law at x (power, saturating, isoflop) or at (N, D) (chinchilla); a
+        reducible law gives the metric minus the floor (``Report.predict`` adds it back)."""
+        form = FORMS.get(self.form)
         if form is None:
             raise ValueError(f"Fit.predict: no fit form named {self.form!r} (analysis/forms)")
         return form.predict(self.params, x, d)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fit on its own (``Report.to_json`` writes fits.json's entries, with the floor)."""
         return _clean({
             "form": self.form, "metric": self.metric, "x": self.x, "group": self.group,
             "equation": self.equation(), "params": self.params,
@@ -142,7 +146,8 @@ class Fit:
         ps = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
         r = f", r={self.r:.4f}" if self.r is not None else ""
         w = f", warnings={self.warnings}" if self.warnings else ""
-        return f"Fit({self.form}, {self.metric or 'y'} vs {self.x or 'x'}: {ps}{r}, n={self.n}{w})"
+        q = " (reducible)" if self.quantity == "reducible" else ""
+        return f"Fit({self.form}, {self.metric or 'y'}{q} vs {self.x or 'x'}: {ps}{r}, n={self.n}{w})"
 
 
 def attach_ci(fit: Fit, names: Sequence[str], samples: np.ndarray, level: float = CI_LEVEL) -> None:

@@ -58,9 +58,8 @@ def fit_frontier(df: pd.DataFrame, x: str = "flops", y: str = "test_loss_last",
     dropped = int((~keep).sum())
     xv, yv, runs = xv[keep], yv[keep], runs[keep]
     m = pareto_mask(xv, yv)
-    metric = y if floor is None else f"{y} - {floor:.4g}"
-    fit = fit_power_law(xv[m], yv[m], n_boot=0, metric=metric, xname=f"{x} (frontier)")
-    fit.group = group
+    fit = fit_power_law(xv[m], yv[m], n_boot=0, metric=y, xname=f"{x} (frontier)")
+    fit.group, fit.frontier = group, True
     fit.n_runs = int(len(np.unique(runs[m])))
     fit.extra["frontier_runs"] = sorted(map(str, np.unique(runs[m])))
     fit.extra["x_range"] = [float(xv[m].min()), float(xv[m].max())] if m.any() else []

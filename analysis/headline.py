@@ -18,7 +18,7 @@ predicts the held-out loss itself (floor added back); the signed relative error 
 without the largest model (the fit of its own extrapolation check), so nothing of the
 held-out model enters the prediction; a token-entropy or hand floor is a given number.
 
-Nothing here writes files: ``analysis.report`` puts the rows into fits.json and fits.md.
+Nothing here writes files: ``analysis.fitting`` puts the rows into the typed report.
 """
 from __future__ import annotations
 
@@ -29,9 +29,8 @@ import pandas as pd
 
 from .bootstrap import CI_LEVEL, StudyResample, percentile_ci
 from .frontier import pareto_mask
+from .results import SHORT, BestLaw, Extrapolation, FloorEntry, HeadlineRow, LawError
 
-SHORT = {"test_loss_last": "L_last", "test_loss_avg": "L_avg", "test_err_last": "Err_last",
-         "test_err_avg": "Err_avg"}
 FRONTIER_ALL = "frontier (all evaluations)"
 FRONTIER_ANNEALED = "frontier (annealed runs)"
 # The floor is "not resolved" when its 95% interval reaches below half of E, toward 0. On
@@ -47,25 +46,27 @@ AT_ZERO = 0.01  # a resample's E below this fraction of E counts as E at 0
 
 
 def choose_floors(entropy: dict, chin: dict, df: pd.DataFrame, rule: str = "auto",
-                  hand: dict | None = None, n_runs: int = 0) -> dict[str, dict[str, Any]]:
-    """The study-wide floor per loss metric: {metric: {E, ci, source, detail, resolved}}
-    (fits.json's ``floor``); metrics without a floor are left out.
+                  hand: dict | None = None) -> tuple[dict[str, FloorEntry], dict[str, np.ndarray | None]]:
+    """The study-wide floor per loss metric and, for an Approach-3 floor, E per resample:
+    ({metric: FloorEntry}, {metric: samples or None}); metrics without a floor are left out.
 
     ``entropy``: usable token-entropy floors (already checked below every loss);
     ``chin``: Approach-3 fits per loss metric ({} when the study does not allow one);
     ``rule``: "auto" (entropy where usable, else Approach 3), "entropy", "chinchilla",
     "none"; ``hand``: floors given by hand, which win for their metric.
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, FloorEntry] = {}
+    samples: dict[str, np.ndarray | None] = {}
     for m in ("test_loss_last", "test_loss_avg"):
         if hand and m in hand:
-            out[m] = {"E": float(hand[m]), "ci": None, "source": "hand", "detail": "given by hand",
-                      "resolved": True}
+            out[m] = FloorEntry(m, float(hand[m]), "hand", "given by hand", resolved=True)
+            samples[m] = None
             continue
         if rule in ("auto", "entropy") and m in entropy:
-            out[m] = {"E": float(entropy[m]), "ci": None, "source": "token entropy",
-                      "detail": "unigram entropy of the token cache (tokens/meta.json), below every loss",
-                      "resolved": True}
+            out[m] = FloorEntry(m, float(entropy[m]), "token entropy",
+                                "unigram entropy of the token cache (tokens/meta.json), below every loss",
+                                resolved=True)
+            samples[m] = None
             continue
         if rule in ("auto", "chinchilla") and m in chin:
             f = chin[m]
@@ -81,25 +82,24 @@ def choose_floors(entropy: dict, chin: dict, df: pd.DataFrame, rule: str = "auto
             at_zero = None
             if smp is not None and np.isfinite(smp).any():
                 at_zero = float(np.mean(smp[np.isfinite(smp)] < AT_ZERO * E))
-            out[m] = {"E": E, "ci": None if ci is None else [float(ci[0]), float(ci[1])],
-                      "source": "chinchilla",
-                      "detail": f"Chinchilla Approach 3 over {f.n_runs} finished runs",
-                      "resolved": resolved, "share_at_zero": at_zero,
-                      "samples": smp}  # dropped before writing
-    return out
+            out[m] = FloorEntry(m, E, "chinchilla", f"Chinchilla Approach 3 over {f.n_runs} finished runs",
+                                ci=None if ci is None else [float(ci[0]), float(ci[1])], resolved=resolved,
+                                share_at_zero=at_zero, has_share=True)
+            samples[m] = smp
+    return out, samples
 
 
-def floor_line(m: str, fl: dict | None) -> str:
+def floor_line(m: str, fl: FloorEntry | None) -> str:
     """One line for a table's caption: the floor of ``m``, its source and interval."""
     if not fl:
         return f"{SHORT.get(m, m)}: no floor (reported raw)"
-    s = f"{SHORT.get(m, m)}: E = {fl['E']:.4g}"
-    if fl.get("ci"):
-        s += f" [{fl['ci'][0]:.3g}, {fl['ci'][1]:.3g}]"
-    s += f" from {fl['source']}"
-    if fl.get("resolved") is False:
-        s += " (floor not resolved" + (f": {100 * fl['share_at_zero']:.1f}% of resamples put E at 0"
-                                       if fl.get("share_at_zero") else "") + ")"
+    s = f"{SHORT.get(m, m)}: E = {fl.E:.4g}"
+    if fl.ci:
+        s += f" [{fl.ci[0]:.3g}, {fl.ci[1]:.3g}]"
+    s += f" from {fl.source}"
+    if fl.resolved is False:
+        s += " (floor not resolved" + (f": {100 * fl.share_at_zero:.1f}% of resamples put E at 0"
+                                       if fl.share_at_zero else "") + ")"
     return s
 
 
@@ -238,7 +238,8 @@ def lolo_frontier(x, y, run_ids, E: float | None = None) -> dict[str, Any] | Non
 # --------------------------------------------------------------------------- best law
 
 
-def best_laws(rows: list[dict], extrapolation: list[dict], per_budget_raw: dict) -> dict[str, dict]:
+def best_laws(rows: list[HeadlineRow], extrapolation: list[Extrapolation],
+              per_budget_raw: dict) -> dict[str, BestLaw]:
     """Per loss metric, the law whose prediction of the held-out largest model is best.
 
     Candidates: "power (reducible)" and "power (raw)" (per budget, leave-largest-out),
@@ -246,28 +247,29 @@ def best_laws(rows: list[dict], extrapolation: list[dict], per_budget_raw: dict)
     A law's error is its worst held-out prediction (signed; largest magnitude), so
     ``within_3pct`` means every held-out run is within 3%.
     """
-    out: dict[str, dict] = {}
+    out: dict[str, BestLaw] = {}
     for m in ("test_loss_last", "test_loss_avg"):
         cands: dict[str, list[tuple[str, float]]] = {}
         for r in rows:
-            if r["metric"] == m and r["kind"] == "N" and r.get("lolo") and r["quantity"] == "reducible":
-                cands.setdefault("power (reducible)", []).append((r["slice"], r["lolo"]["err"]))
+            if r.metric == m and r.kind == "N" and r.lolo and r.quantity == "reducible":
+                cands.setdefault("power (reducible)", []).append((r.slice, r.lolo.err))
         for label, lo in per_budget_raw.get(m, []):
             cands.setdefault("power (raw)", []).append((label, lo["err"]))
         for e in extrapolation:
-            if e.get("metric") != m or "rel_error" not in e:
+            # a raw law's check only (a reducible metric's check is not the loss's)
+            if e.metric != m or e.quantity != "raw" or e.rel_error is None:
                 continue
-            if e["form"] == "saturating":
-                cands.setdefault("saturating", []).append((e["group"], e["rel_error"]))
-            elif e["form"] == "chinchilla":
-                cands.setdefault("chinchilla", []).append((e.get("run_id") or e["group"], e["rel_error"]))
+            if e.form == "saturating":
+                cands.setdefault("saturating", []).append((e.group, e.rel_error))
+            elif e.form == "chinchilla":
+                cands.setdefault("chinchilla", []).append((e.run_id or e.group, e.rel_error))
         laws = {}
         for law, errs in cands.items():
             worst = max(errs, key=lambda t: abs(t[1]))
-            laws[law] = {"err": float(worst[1]), "worst": worst[0], "each": {k: float(v) for k, v in errs}}
+            laws[law] = LawError(err=float(worst[1]), worst=worst[0], each={k: float(v) for k, v in errs})
         if not laws:
             continue
-        best = min(laws, key=lambda k: abs(laws[k]["err"]))
-        out[m] = {"law": best, "err": laws[best]["err"], "within_3pct": bool(abs(laws[best]["err"]) <= 0.03),
-                  "laws": laws}
+        best = min(laws, key=lambda k: abs(laws[k].err))
+        out[m] = BestLaw(metric=m, law=best, err=laws[best].err, within_3pct=bool(abs(laws[best].err) <= 0.03),
+                         laws=laws)
     return out

@@ -36,6 +36,7 @@ def cells(study_dir) -> pd.DataFrame:
         cl = layout.cell(d.name)
         st = read_json(cl.status_json, default=None) or {}
         row = {"run_id": d.name, "state": st.get("state", "done" if cl.done.exists() else "pending")}
+        row.update(_schedule_of(cl.config_json))
         for k, v in st.items():
             if k != "state" and (v is None or isinstance(v, (str, int, float, bool))):
                 row["status_" + k] = v
@@ -50,6 +51,22 @@ def cells(study_dir) -> pd.DataFrame:
                 warnings.warn(f"{cl.record}: unreadable run record ({e})")
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["run_id", "state"])
+
+
+def _schedule_of(config_json: Path) -> dict:
+    """What the analysis needs of a cell's ``config.json``: whether the run is a
+    warmup-stable-decay design's stable run (schedule "wsd", no decay, not a branch) and the
+    unit its budget is written in. A missing or damaged file: not a stable run, unit unknown
+    (``varscale fit`` says so for a damaged one before it starts)."""
+    try:
+        c = read_json(config_json, default=None)
+    except (OSError, ValueError):
+        c = None
+    if not isinstance(c, dict):
+        return {"is_stable": False, "budget_unit": None}
+    stable = c.get("schedule") == "wsd" and not c.get("decay_steps") and not c.get("branch_from")
+    unit = c.get("budget_unit")
+    return {"is_stable": bool(stable), "budget_unit": unit if isinstance(unit, str) else None}
 
 
 def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -87,10 +104,12 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
         df = df.drop_duplicates(["run_id", "step"], keep="last").reset_index(drop=True)
     info = cells(study_dir)
     if len(info):
-        df = df.merge(info[["run_id", "state"]], on="run_id", how="left")
+        df = df.merge(info[["run_id", "state", "is_stable"]], on="run_id", how="left")
     else:
         df["state"] = pd.Series(dtype=str)
+        df["is_stable"] = pd.Series(dtype=bool)
     df["state"] = df["state"].fillna("running")
+    df["is_stable"] = df["is_stable"].fillna(False).astype(bool)
     if len(df):
         last = df.groupby("run_id")["step"].transform("max") == df["step"]
         finished = (df["step"] >= df["total_steps"].fillna(np.inf)) | (df["state"] == "done")
@@ -99,10 +118,13 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
         df["is_final"] = last & finished & (df["state"] != "diverged") & ~is_stable_run(df)
     else:
         df["is_final"] = pd.Series(dtype=bool)
-    df["budget"] = budget_values(df, study_dir) if len(df) else pd.Series(dtype=float)
+    units = info["budget_unit"].dropna() if "budget_unit" in info else pd.Series(dtype=str)
+    unit = str(units.iloc[0]) if len(units) else None
+    axis = budget_axis(df, unit)
+    df["budget"] = df[axis].astype(float) if len(df) else pd.Series(dtype=float)
     if states is not None:
         df = df[df["state"].isin(states)].reset_index(drop=True)
-    df.attrs["budget_axis"] = budget_axis(df, study_dir)
+    df.attrs["budget_axis"] = axis
     df.attrs["study_dir"] = str(layout.root)
     return df
 
@@ -161,8 +183,11 @@ def _read_parallel(parts: list[Path], chunk: int = 64):
 
 
 def is_stable_run(df: pd.DataFrame) -> pd.Series:
-    """True on rows of a warmup-stable-decay design's stable run (its run id says so)."""
-    return df["run_id"].astype(str).str.contains("-stable-", regex=False)
+    """True on rows of a warmup-stable-decay design's stable run (the ``is_stable`` column
+    that ``load`` reads from each cell's config.json; a table without it has none)."""
+    if "is_stable" not in df:
+        return pd.Series(False, index=df.index)
+    return df["is_stable"].fillna(False).astype(bool)
 
 
 def final_rows(df: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
@@ -179,20 +204,16 @@ def final_rows(df: pd.DataFrame, finished_only: bool = True) -> pd.DataFrame:
     return out
 
 
-def budget_axis(df: pd.DataFrame, study_dir=None) -> str:
+def budget_axis(df: pd.DataFrame, unit: str | None = None) -> str:
     """'budget_flops' or 'budget_tokens': what the study's budgets are written in.
 
     From the rows' ``budget_unit`` column; for parts written before that column existed,
-    from ``study.yaml``'s ``budgets.unit`` (default "flops", as the study config has it),
-    read as plain YAML so that analysis needs no config code; without either, the column
-    with fewer distinct values (a tokens budget gives every depth the same token count but
-    different FLOPs).
+    ``unit`` (the cells' config.json ``budget_unit``); without either, the column with fewer
+    distinct values (a tokens budget gives every depth the same token count but different
+    FLOPs).
     """
-    unit = None
     if "budget_unit" in df and df["budget_unit"].notna().any():
         unit = str(df["budget_unit"].dropna().iloc[0])
-    elif study_dir is not None:
-        unit = study_unit(study_dir)
     if unit is not None:
         return "budget_tokens" if unit == "tokens" else "budget_flops"
     if not len(df) or "budget_tokens" not in df or df["budget_tokens"].isna().all():
@@ -200,27 +221,6 @@ def budget_axis(df: pd.DataFrame, study_dir=None) -> str:
     nf = df["budget_flops"].round(6).nunique() if "budget_flops" in df else 10**9
     nt = df["budget_tokens"].nunique()
     return "budget_tokens" if nt < nf else "budget_flops"
-
-
-def study_unit(study_dir) -> str | None:
-    """``budgets.unit`` of ``<study_dir>/study.yaml`` ("flops" when the file leaves it out);
-    None when there is no readable study.yaml."""
-    import yaml
-
-    p = StudyLayout.of(study_dir).study_yaml
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(raw, dict):
-        return None
-    budgets = raw.get("budgets")
-    unit = budgets.get("unit", "flops") if isinstance(budgets, dict) else "flops"
-    return str(unit)
-
-
-def budget_values(df: pd.DataFrame, study_dir=None) -> pd.Series:
-    return df[budget_axis(df, study_dir)].astype(float)
 
 
 def floors(study_dir) -> dict:

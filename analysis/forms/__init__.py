@@ -16,6 +16,7 @@ docs/extending.md ("Adding a fit form") walks through adding one.
 """
 from __future__ import annotations
 
+from ..registry import FORMS as _REGISTRY
 from .base import FitForm, Slice
 from .chinchilla import Chinchilla
 from .frontier import Frontier
@@ -23,14 +24,16 @@ from .isoflop import IsoFLOP
 from .power import Power
 from .saturating import Saturating
 
-# the report fits the forms of a scope in this order (it is the order of fits.json)
-FORMS: dict[str, FitForm] = {
+# the report fits the forms of a scope in this order (it is the order of fits.json); the dict
+# is analysis.registry's, which is how a Fit finds its form's law
+FORMS: dict[str, FitForm] = _REGISTRY
+FORMS.update({
     "power": Power(),
     "saturating": Saturating(),
     "frontier": Frontier(),
     "chinchilla": Chinchilla(),
     "isoflop": IsoFLOP(),
-}
+})
 
 
 def get(name: str) -> FitForm | None:

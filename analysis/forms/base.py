@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..bootstrap import Fit, StudyResample
+from ..results import Extrapolation, Report
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Slice:
     seed: int = 0
     floors: dict[str, float] = field(default_factory=dict)  # the study-wide floor E per loss metric
     axis: str = "budget_flops"  # what the budgets are written in
-    sections: dict[str, list] = field(default_factory=dict)  # report sections a form may add entries to
+    report: Report | None = None  # the report being built: a form may add entries to its sections
     boot: StudyResample | None = None  # study-wide resamples of runs, for a form whose fit sets the floor
 
 
@@ -42,7 +43,7 @@ class FitForm:
     def fit(self, s: Slice, metric: str) -> list[Fit]:
         raise NotImplementedError
 
-    def extrapolate(self, s: Slice, metric: str) -> list[dict[str, Any]]:
+    def extrapolate(self, s: Slice, metric: str) -> list[Extrapolation]:
         """Leave-largest-out checks for the report's extrapolation section (default: none)."""
         return []
 
@@ -51,3 +52,12 @@ class FitForm:
 
     def equation(self, params: dict[str, float]) -> str:
         return ", ".join(f"{k}={v:.3g}" for k, v in params.items())
+
+
+def as_extrapolation(d: dict[str, Any], floor: str | None = None) -> Extrapolation:
+    """A leave-largest-out check's result (``extrapolation_check``'s dict) as a report entry;
+    ``floor``: the study floor subtracted from the metric before the check (a loss's name)."""
+    core = ("form", "metric", "x", "group")
+    return Extrapolation(form=d["form"], metric=d["metric"], quantity="raw" if floor is None else "reducible",
+                         floor=floor, x=d.get("x", ""), group=d.get("group", ""),
+                         values={k: v for k, v in d.items() if k not in core})

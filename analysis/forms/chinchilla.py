@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..chinchilla import extrapolation_check_chinchilla, fit_chinchilla
-from .base import FitForm, Slice
+from .base import FitForm, Slice, as_extrapolation
 
 
 class Chinchilla(FitForm):
@@ -33,12 +33,12 @@ class Chinchilla(FitForm):
         ex = extrapolation_check_chinchilla(fr[s.x_col], fr["tokens_seen"], fr[metric], metric=metric,
                                             group=s.group, run_ids=fr["run_id"])
         if "each" not in ex:
-            return [ex]
+            return [as_extrapolation(ex)]
         each = ex.pop("each")
         out = []
         for e in each:
-            out.append({**ex, "run_id": e["run_id"], "d_held_out": e["D"], "predicted": e["predicted"],
-                        "observed": e["observed"], "rel_error": e["rel_error"]})
+            out.append(as_extrapolation({**ex, "run_id": e["run_id"], "d_held_out": e["D"], "predicted": e["predicted"],
+                                         "observed": e["observed"], "rel_error": e["rel_error"]}))
         return out
 
     def predict(self, params, x, d=None) -> np.ndarray:

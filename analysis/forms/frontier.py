@@ -15,7 +15,9 @@ class Frontier(FitForm):
         kw = dict(x=s.c_col, y=metric, n_boot=s.n_boot, seed=s.seed, group=s.group)
         fits = [fit_frontier(s.data, **kw)]
         if metric in s.floors:
-            fits.append(fit_frontier(s.data, floor=s.floors[metric], **kw))
+            f = fit_frontier(s.data, floor=s.floors[metric], **kw)
+            f.quantity, f.floor = "reducible", metric
+            fits.append(f)
         return fits
 
     predict = staticmethod(predict_power)

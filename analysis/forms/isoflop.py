@@ -3,6 +3,7 @@ and D_opt as power laws in C. Adds the parabolas to the report's "isoflop" secti
 from __future__ import annotations
 
 from ..chinchilla import isoflop
+from ..results import Isoflop
 from .base import FitForm, Slice
 from .power import predict_power
 
@@ -24,8 +25,8 @@ class IsoFLOP(FitForm):
         fr = s.data
         res = isoflop(fr[s.x_col], fr[s.c_col], fr[metric], budgets=fr["budget"], groups=fr["run_id"],
                       n_boot=s.n_boot, seed=s.seed, metric=metric)
-        s.sections.setdefault("isoflop", []).append(
-            {"metric": metric, "parabolas": res["parabolas"], "warning": res.get("warning")})
+        if s.report is not None:
+            s.report.isoflop.append(Isoflop(metric=metric, parabolas=res["parabolas"], warning=res.get("warning")))
         fits = []
         for key in ("N_opt", "D_opt"):
             if key in res:

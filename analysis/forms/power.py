@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..powerlaw import extrapolation_check, fit_power_law
-from .base import FitForm, Slice
+from .base import FitForm, Slice, as_extrapolation
 
 
 def predict_power(params, x, d=None) -> np.ndarray:
@@ -30,8 +30,9 @@ class Power(FitForm):
         kw = dict(groups=g["run_id"], n_boot=s.n_boot, seed=s.seed, xname=s.x_col, group=s.group)
         fits = [fit_power_law(g[s.x_col], y, metric=metric, **kw)]
         if metric in s.floors:
-            E = s.floors[metric]
-            fits.append(fit_power_law(g[s.x_col], y - E, metric=f"{metric} - {E:.4g}", **kw))
+            f = fit_power_law(g[s.x_col], y - s.floors[metric], metric=metric, **kw)
+            f.quantity, f.floor = "reducible", metric
+            fits.append(f)
         return fits
 
     def extrapolate(self, s: Slice, metric: str):
@@ -39,10 +40,11 @@ class Power(FitForm):
         if g[s.x_col].nunique() < 3:
             return []
         y = g[metric].to_numpy(float)
-        if metric in s.floors:
-            E = s.floors[metric]
-            y, metric = y - E, f"{metric} - {E:.4g}"
-        return [extrapolation_check(g[s.x_col], y, "power", g["run_id"], metric, s.x_col, s.group)]
+        floor = metric if metric in s.floors else None
+        if floor:
+            y = y - s.floors[metric]
+        return [as_extrapolation(extrapolation_check(g[s.x_col], y, "power", g["run_id"], metric, s.x_col, s.group),
+                                 floor)]
 
     predict = staticmethod(predict_power)
     equation = staticmethod(power_equation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..powerlaw import extrapolation_check, fit_saturating
-from .base import FitForm, Slice
+from .base import FitForm, Slice, as_extrapolation
 
 
 class Saturating(FitForm):
@@ -26,8 +26,8 @@ class Saturating(FitForm):
         g = s.data
         if g[s.x_col].nunique() < 5:  # four sizes left to fit after holding out the largest
             return []
-        return [extrapolation_check(g[s.x_col], g[metric].to_numpy(float), "saturating", g["run_id"],
-                                    metric, s.x_col, s.group)]
+        return [as_extrapolation(extrapolation_check(g[s.x_col], g[metric].to_numpy(float), "saturating",
+                                                     g["run_id"], metric, s.x_col, s.group))]
 
     def predict(self, params, x, d=None) -> np.ndarray:
         return params["E"] + (params["x0"] / np.asarray(x, dtype=float)) ** params["alpha"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 from varscale.config import nearest
-from varscale.schema import CellLayout, StudyLayout, json_problem  # noqa: F401  (json_problem: C.json_problem)
+from varscale.schema import CellLayout, StudyLayout, json_problem, yaml_problem  # noqa: F401  (json_problem: C.json_problem)
 
 STUDY_METAVAR = "STUDY"  # the study folder's name in every command's usage line
 STUDY_HELP = "study folder (runs/<study>, holding study.yaml)"
@@ -269,3 +269,40 @@ def refuse_damaged(lay: StudyLayout) -> None:
 
 def warn(prog: str, sentence: str) -> None:
     print(f"{prog}: warning: {sentence}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- analysis commands
+
+
+def check_study_dir(prog: str, study_dir: str) -> Optional[int]:
+    """Before any work of ``fit`` / ``figures`` / ``check`` (the analysis reads these files): 2 (said in one line) when ``study_dir`` is not a
+    study folder or a file the analysis reads is damaged, else None. A damaged cell
+    ``config.json`` (which the analysis does not read) is a warning and the cell stays in."""
+    lay = StudyLayout.of(study_dir)
+
+    def stop(sentence: str) -> int:
+        print(f"{prog}: {sentence}", file=sys.stderr)
+        return 2
+
+    if not lay.root.is_dir():
+        return stop(f"no study folder at {study_dir}")
+    if not lay.study_yaml.is_file() and not lay.cells_dir.is_dir():
+        return stop(f"{study_dir} is not a study folder (it has neither study.yaml nor cells/); "
+                    "give runs/<study>")
+    # what the analysis reads besides the parquet: a damaged one stops it, with what to do
+    needed = [(lay.study_yaml, yaml_problem, "restore it from version control or rewrite it "
+               "(runs/README.md describes the format)"),
+              (lay.tokens_meta, json_problem, f"rebuild the token cache with 'varscale tokenize {study_dir} --force'")]
+    needed += [(lay.cell(d.name).status_json, json_problem, "delete it (the cell's next run writes it "
+                "again; its checkpoints and metrics stay)") for d in lay.cell_dirs()]
+    for path, problem, fix in needed:
+        why = problem(path)
+        if why:
+            return stop(f"{path} is damaged ({why}); {fix}")
+    for d in lay.cell_dirs():
+        c = lay.cell(d.name)
+        why = json_problem(c.config_json)
+        if why:
+            print(f"{prog}: warning: {c.config_json} is damaged ({why}); the analysis does not read it, the "
+                  f"cell's metrics are used; 'varscale run {study_dir}' needs it rewritten", file=sys.stderr)
+    return None

@@ -110,7 +110,7 @@ def _done_fingerprint(layout: StudyLayout, run_ids: list[str]) -> str:
 
 
 # the analysis stages in the order the chain runs them: (stage, module with main(argv) -> int)
-ANALYSIS_STAGES = (("fit", "analysis.report"), ("figures", "analysis.figures"))
+ANALYSIS_STAGES = (("fit", "varscale.cli.fit"), ("figures", "varscale.cli.figures"))
 
 
 def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[str]) -> tuple[bool, bool]:
