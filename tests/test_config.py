@@ -133,3 +133,32 @@ def test_validate_piped_into_head_exits_quietly():
     err = p.stderr.read()
     assert p.wait() == 0
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_each_section_checks_its_own_values_under_its_path():
+    from varscale.config import BudgetRange, EvaluationConfig, ModelConfig, TrainingConfig
+
+    assert TrainingConfig(batch_size=0).check("training") == ["training.batch_size: must be >= 1, got 0"]
+    assert ModelConfig(depths=[]).check("m") == ["m.depths: needs at least one depth"]
+    assert BudgetRange(2.0, 1.0).check("budgets.values") == ["budgets.values: 'to' (1.0) is below 'from' (2.0)"]
+    assert EvaluationConfig().check("evaluation") == []
+
+
+def test_value_errors_come_section_by_section_then_across_sections():
+    errs = _errors({"monitor": {"backends": ["csv", "csv"]}, "seeds": [], "data": {"num_classes": 0},
+                    "training": {"batch_size": 63, "base_lr": 0}, "execution": {"nproc_per_node": 2}})
+    assert [e.split(":")[0] for e in errs] == ["data.num_classes", "training.base_lr", "monitor.backends",
+                                               "seeds", "training.batch_size"]
+
+
+def test_a_dataset_kind_without_a_check_loads(monkeypatch):
+    import dataclasses
+
+    import varscale.data as D
+
+    @dataclasses.dataclass
+    class WebData:
+        urls: str = ""
+
+    monkeypatch.setitem(D.DATASETS, "web", type("Web", (), {"Config": WebData}))
+    assert from_dict({"data": {"kind": "web", "urls": "x"}}).data.options == WebData("x")

@@ -9,7 +9,7 @@ value loads. Planning (study -> cells, steps, run ids) lives in ``varscale.grid.
 
 The run id's hash (``CellConfig.hash``) is taken over every field that changes the result
 (data, tokenizer, model, training, evaluation, preset, depth, seed, budget, schedule) as
-each field declares (``varscale.config.opt``), never over paths, the study's name or how the
+each field declares (``varscale.configkit.opt``), never over paths, the study's name or how the
 cell is executed, so re-planning the same study finds the same cells.
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from varscale.schema import CellLayout
 from varscale.config import (ArchConfig, DataConfig, EvaluationConfig, ExecutionConfig, MonitorConfig,
-                             TokenizerConfig, TrainingConfig, to_plain, digest, from_plain, hash_view, opt)
+                             TokenizerConfig, TrainingConfig)
+from varscale.configkit import ConfigError, digest, from_plain, hash_view, opt, to_plain
+from varscale.schema import CellLayout
 
 _NEVER = "never"  # how and where a cell runs, not what it computes
 _REPLAN = "delete it: 'varscale run <study>' writes it again from study.yaml (the run id fixes its content)"
@@ -31,8 +32,6 @@ _REPLAN = "delete it: 'varscale run <study>' writes it again from study.yaml (th
 def read_config_json(path: str | os.PathLike) -> dict:
     """The mapping in a cell's ``config.json``; a file that is not one (unreadable, not text, not
     JSON, empty, a list) is a ``ConfigError`` of one line naming it and saying what to do."""
-    from varscale.config import ConfigError
-
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -98,7 +97,7 @@ class CellConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: Optional[str] = None) -> "CellConfig":
-        """Strict: an unknown key or a wrong type raises ``varscale.config.ConfigError`` naming its path."""
+        """Strict: an unknown key or a wrong type raises ``varscale.configkit.ConfigError`` naming its path."""
         return from_plain(cls, d, source, what="cell config")
 
     @classmethod

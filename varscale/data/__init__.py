@@ -3,7 +3,7 @@
 A dataset kind is a class registered in ``DATASETS`` under the name a study file gives as
 ``data.kind``. It follows the :class:`Dataset` protocol: ``Config``, a dataclass of the keys
 the kind owns under ``data:`` (flat beside ``kind``, ``resolution``, ``num_classes`` and
-``seed``; declared with ``varscale.config.opt`` like every config field), and
+``seed``; declared with ``varscale.configkit.opt`` like every config field), and
 ``from_config(data_cfg, split)``. Adding a kind is one new file and one line here
 (docs/extending.md, "Adding a dataset kind").
 

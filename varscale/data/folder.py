@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from varscale.config import opt
+from varscale.configkit import opt
 from varscale.data.procedural import uniforms
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".JPEG")

@@ -28,7 +28,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from varscale.config import Retired, opt
+from varscale.configkit import Retired, opt
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross")
 N_FACTORS = 32  # random columns drawn per image (fixed so that adding one never shifts others)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from varscale.config import opt
+from varscale.configkit import opt
 
 
 @dataclass(frozen=True)
