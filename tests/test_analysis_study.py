@@ -99,9 +99,9 @@ def test_chinchilla_on_a_study_recovers_the_law(flops_study):
 
 
 def test_fit_cli_writes_report(study, capsys):
-    from analysis import report
+    from varscale.cli import fit
 
-    rc = report.main([str(study), "--n-boot", "50"])
+    rc = fit.main([str(study), "--n-boot", "50"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "L_last" in out and "frontier" in out and "chinchilla" in out
@@ -118,13 +118,13 @@ def test_fit_cli_writes_report(study, capsys):
 
 
 def test_fit_cli_flops_study_has_isoflop(flops_study):
-    from analysis import report
+    from analysis.fitting import fit_study
 
-    rep = report.fit_study(flops_study, n_boot=20, chinchilla_boot=0)
-    assert rep["budget_axis"] == "budget_flops"
-    assert rep["isoflop"]
-    iso = [f for f in rep["fits"] if f["form"] == "isoflop"]
-    assert iso and all(np.isfinite(f["params"]["alpha"]) for f in iso)
+    rep = fit_study(flops_study, n_boot=20, chinchilla_boot=0)
+    assert rep.budget_axis == "budget_flops"
+    assert rep.isoflop
+    iso = [f for f in rep.fits if f.form == "isoflop"]
+    assert iso and all(np.isfinite(f.params["alpha"]) for f in iso)
 
 
 def test_figures_cli(study, flops_study, tmp_path):
@@ -171,19 +171,19 @@ def test_public_api():
 
 
 def test_analysis_imports_no_torch_nor_config(tmp_path):
-    # import every submodule, then use the study path end to end (load reads study.yaml's
-    # budget unit as plain YAML): no torch, deepspeed or varscale.config in sys.modules
-    import shutil
-    from pathlib import Path
+    # import every submodule, then use the study path end to end (the budget unit comes from a
+    # cell's config.json, read as JSON): no torch, deepspeed or varscale.config in sys.modules
+    import json as _json
 
     study = synthetic.make_study(tmp_path / "nt", depths=(2, 3, 4), budgets=(1e7,), n_evals=3)
-    shutil.copy(Path(__file__).resolve().parents[1] / "runs" / "ci-tiny" / "study.yaml", study)
+    first = sorted((study / "cells").iterdir())[0]
+    (first / "config.json").write_text(_json.dumps({"budget_unit": "flops", "schedule": "lin0"}))
     code = ("import sys, pkgutil, importlib, analysis\n"
             "for m in pkgutil.walk_packages(analysis.__path__, 'analysis.'):\n"
             "    importlib.import_module(m.name)\n"
-            "from analysis import report\n"
-            f"rep = report.fit_study({str(study)!r}, n_boot=0)\n"
-            "assert rep['fits'] and rep['budget_axis'] == 'budget_flops', rep['budget_axis']\n"
+            "from analysis.fitting import fit_study\n"
+            f"rep = fit_study({str(study)!r}, n_boot=0)\n"
+            "assert rep.fits and rep.budget_axis == 'budget_flops', rep.budget_axis\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed')]\n"
             "bad += [m for m in sys.modules if m.startswith('varscale.') and m != 'varscale.schema']\n"
             "assert not bad, bad\n"
@@ -193,15 +193,27 @@ def test_analysis_imports_no_torch_nor_config(tmp_path):
     assert int(r.stdout.strip().splitlines()[-1]) >= 8
 
 
-def test_budget_axis_from_rows_then_study_yaml(tmp_path):
+def test_budget_axis_and_stable_runs_from_rows_then_cell_config(tmp_path):
     # tokens budget: every depth the same tokens, so the columns alone would say tokens
     df = pd.DataFrame({"budget_tokens": [1e6, 1e6], "budget_flops": [1e12, 2e12]})
     assert L.budget_axis(df) == "budget_tokens"
     assert L.budget_axis(df.assign(budget_unit="flops")) == "budget_flops"  # the rows say so
-    (tmp_path / "study.yaml").write_text("name: x\nbudgets:\n  values: [1.0e+12]\n")
-    assert L.budget_axis(df, tmp_path) == "budget_flops"  # the config's default unit
-    (tmp_path / "study.yaml").write_text("budgets: {unit: tokens, values: [1.0e+6]}\n")
-    assert L.budget_axis(df.assign(budget_unit=None), tmp_path) == "budget_tokens"
+    assert L.budget_axis(df, "flops") == "budget_flops"  # the cells' config.json says so
+    assert L.budget_axis(df.assign(budget_unit="tokens"), "flops") == "budget_tokens"  # the rows win
+    # a study whose parts predate the budget_unit column: the unit and the stable runs come from
+    # each cell's config.json, never from the run id or a second parse of study.yaml
+    from analysis.study import Study
+
+    study = synthetic.make_study(tmp_path / "cfg", depths=(2, 3), budgets=(1e7,), n_evals=3)
+    cells = sorted(p for p in (study / "cells").iterdir() if p.is_dir())
+    (cells[0] / "config.json").write_text(json.dumps({"budget_unit": "flops", "schedule": "wsd",
+                                                      "decay_steps": 0, "branch_from": None}))
+    (cells[1] / "config.json").write_text(json.dumps({"budget_unit": "flops", "schedule": "wsd",
+                                                      "decay_steps": 5, "branch_from": cells[0].name}))
+    st = Study.load(study)
+    assert st.budget_axis == "budget_flops" or st.evaluations["budget_unit"].notna().any()
+    assert st.stable_runs == [cells[0].name]
+    assert cells[0].name not in set(st.final["run_id"]) and cells[1].name in set(st.final["run_id"])
 
 
 def test_every_fit_form_is_registered_with_its_parts():
@@ -226,40 +238,43 @@ def test_annealed_frontier_uses_only_decayed_finals():
     for d, n in ((2, 1e5), (4, 4e5)):
         for step, c in ((10, 1e10), (100, 1e11), (1000, 1e12)):
             rows.append(dict(run_id=f"d{d}-stable-x", flops=c * n / 1e5, test_loss_last=6 - np.log10(c) / 4 - d / 10,
-                             is_final=False))
+                             is_final=False, is_stable=True))
         for c in (5e10, 5e11):
             rows.append(dict(run_id=f"d{d}-t{c:g}-y", flops=c * n / 1e5, test_loss_last=5.5 - np.log10(c) / 4 - d / 10,
-                             is_final=True))
+                             is_final=True, is_stable=False))
     df = pd.DataFrame(rows)
     ann = F.annealed_rows(df)
     assert len(ann) == 4 and not ann["run_id"].str.contains("stable").any()
     f = F.fit_frontier(ann, x="flops", y="test_loss_last", n_boot=0, group="annealed runs")
     assert f.group == "annealed runs" and set(f.extra["frontier_runs"]) <= set(ann["run_id"])
-    assert F.annealed_rows(df[~df["run_id"].str.contains("stable")]) is None  # not a WSD study
+    assert F.annealed_rows(df[~df["is_stable"]]) is None  # not a WSD study
 
 
 def test_floor_from_chinchilla_subtracts_one_fitted_E_everywhere(flops_study, monkeypatch):
-    from analysis import report
+    from analysis.fitting import fit_study
+    from analysis.study import Study
 
     # treat the finished runs as the annealed runs of a WSD study, so that frontier is fitted too
-    monkeypatch.setattr(report, "annealed_rows", lambda df: L.final_rows(df))
-    rep = report.fit_study(flops_study, n_boot=0, chinchilla_boot=0, floor_from="chinchilla")
-    assert rep["floor_source"].startswith("Chinchilla E")
+    study = Study.load(flops_study)
+    study.annealed = study.final
+    rep = fit_study(study, n_boot=0, chinchilla_boot=0, floor_from="chinchilla")
+    assert rep.floor_source.startswith("Chinchilla E")
     true = L.floors(flops_study)
     for m in ("test_loss_last", "test_loss_avg"):
-        assert rep["floors"][m] == pytest.approx(true[m], abs=0.15)
-        tag = f"{m} - {rep['floors'][m]:.4g}"
-        groups = {f["group"] for f in rep["fits"] if f["metric"] == tag}
+        assert rep.floor[m].E == pytest.approx(true[m], abs=0.15)
+        groups = {f.group for f in rep.fits if f.metric == m and f.quantity == "reducible" and f.floor == m}
         assert "annealed runs" in groups and "all evaluations" in groups
         assert any(g.startswith("budget_flops=") for g in groups)
     with pytest.raises(ValueError, match="floor_from"):
-        report.fit_study(flops_study, n_boot=0, floor_from="tokens")
+        fit_study(flops_study, n_boot=0, floor_from="tokens")
 
 
 def test_a_new_form_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
     # the worked example of docs/extending.md ("Adding a fit form"), registered for this test
-    from analysis import forms, report
+    from analysis import forms
+    from analysis.fitting import fit_study
     from analysis.forms.base import FitForm
+    from analysis.render import format_markdown
 
     class LogLinear(FitForm):
         name, scope, metrics = "loglinear", "budget", ("test_err_last", "test_err_avg")
@@ -284,9 +299,10 @@ def test_a_new_form_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
 
     monkeypatch.setitem(forms.FORMS, "loglinear", LogLinear())
     study = synthetic.make_study(tmp_path / "ll", depths=(2, 3, 4), budgets=(1e7,), n_evals=3)
-    rep = report.fit_study(study, n_boot=0)
-    ll = [f for f in rep["fits"] if f["form"] == "loglinear"]
+    rep = fit_study(study, n_boot=0)
+    ll = [f for f in rep.to_json()["fits"] if f["form"] == "loglinear"]
     assert [f["metric"] for f in ll] == ["test_err_last", "test_err_avg"]
-    assert ll[0]["equation"].endswith("log x") and "| loglinear |" in report.format_markdown(rep)
+    assert ll[0]["equation"].endswith("log x") and "| loglinear |" in format_markdown(rep)
+    assert rep.fits[[f.form for f in rep.fits].index("loglinear")].equation().endswith("log x")
     p = ll[0]["params"]
     assert forms.get("loglinear").predict(p, [1e6])[0] == pytest.approx(p["a"] + p["c"] * np.log(1e6))

@@ -264,7 +264,7 @@ def test_help_shows_the_defaults():
     text = " ".join(r.stdout.split())  # argparse wraps lines anywhere between words
     assert r.returncode == 0 and "STUDY" in text
     assert "samples per class (default: 4)" in text and "(default: 1.5)" in text
-    from analysis.report import build_parser
+    from varscale.cli.fit import build_parser
 
     assert "(default: n_params)" in " ".join(build_parser().format_help().split())
 
