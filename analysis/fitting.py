@@ -107,6 +107,10 @@ def _fit_study(study: Study, n_boot, seed, floor_last, floor_avg, use_floor, x_c
     if not len(df):
         rep.notes.append("no evaluations yet")
         return rep
+    above = [SHORT[m] for m in LOSSES if m in study.entropy and m in floor and floor[m].source == "chinchilla"]
+    if above and rule == "auto" and use_floor:  # said once; a loss without a floor says it in its reason
+        rep.notes.append(f"token entropy of tokens/meta.json is not below every loss of {', '.join(above)} (a "
+                         "unigram entropy, not a floor): the floor there is Approach 3's E")
     for m in LOSSES:
         if m not in floor:
             rep.notes.append(_no_floor_reason(m, rule if use_floor else "none", study, chin, fr, x_col))
