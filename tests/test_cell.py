@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,28 @@ def test_json_round_trip_and_write_cell(tmp_path):
     assert CellConfig.load(p.parent) == c
 
 
+def test_a_cell_reads_the_study_folder_it_sits_in(tmp_path):
+    """study_dir comes from <study>/cells/<run_id>/, not from config.json; the run id and hash stay.
+    A cell folder laid out otherwise keeps the written path."""
+    from varscale.cell import names_other_study
+
+    c = plan_cells(_cfg(), tmp_path / "a")[0]
+    write_cell(tmp_path / "a", c)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = CellConfig.load(tmp_path / "b" / "cells" / c.run_id)
+    assert moved.study_dir == str(tmp_path / "b") and CellConfig.load(tmp_path / "a" / "cells" / c.run_id) == c
+    assert moved.run_id == c.run_id and moved.hash() == c.hash() == c.run_id.rsplit("-", 1)[1]
+    assert json.loads((tmp_path / "b" / "cells" / c.run_id / "config.json").read_text())["study_dir"] == str(tmp_path / "a")
+    shutil.copytree(tmp_path / "a" / "cells" / c.run_id, tmp_path / "elsewhere")  # not <study>/cells/<run_id>
+    assert CellConfig.load(tmp_path / "elsewhere").study_dir == str(tmp_path / "a")
+    shutil.copytree(tmp_path / "a" / "cells" / c.run_id, tmp_path / "b" / "cells" / "renamed")
+    assert CellConfig.load(tmp_path / "b" / "cells" / "renamed").study_dir == str(tmp_path / "a")
+    # relative to the working directory the study was planned from: its trailing folders
+    assert not names_other_study(str(tmp_path / "a"), tmp_path / "a")
+    assert names_other_study(str(tmp_path / "a"), tmp_path / "b")
+    assert not names_other_study("runs/x", "/somewhere/runs/x") and names_other_study("runs/x", "/somewhere/runs/y")
+
+
 def test_study_config_of_a_cell_is_loadable():
     c = plan_cells(_cfg(), "/x")[0]
     s = c.study_config()
@@ -179,7 +202,8 @@ def test_old_cell_config_files_load_and_match_a_replan(old, tmp_path):
     cell_dir.mkdir(parents=True)
     (cell_dir / "config.json").write_text(old.read_text())
     write_cell(tmp_path, planned[run_id])  # the same cell: no PlanError
-    assert CellConfig.load(cell_dir) == planned[run_id]
+    # loaded from where it sits (its study_dir: tmp_path, not the path it was planned with)
+    assert CellConfig.load(cell_dir) == dataclasses.replace(planned[run_id], study_dir=str(tmp_path))
 
 
 def test_old_cell_config_with_a_removed_option_set_is_an_error():

@@ -439,6 +439,31 @@ def test_run_resumes_an_interrupted_study_past_a_damaged_checkpoint(tiny, tmp_pa
     same_metrics(tiny, cell)
 
 
+def test_a_copied_study_trains_on_its_own_tokens(tiny, tmp_path, capsys):
+    """A study folder copied as it is (its config.json still naming the original folder) and the
+    original's tokens and tokenizer then deleted: the copy's cell resumes on the copy's own files
+    to the undisturbed run's metrics; doctor names the old path in the copy, not in the original."""
+    from varscale.cli import main
+
+    orig = tiny.copy("interrupted", tmp_path / "orig").parent.parent
+    shutil.copytree(orig, tmp_path / "copy")
+    cell = tmp_path / "copy" / "cells" / tiny.rid
+    assert json.loads((cell / "config.json").read_text())["study_dir"] == str(orig)
+    main(["doctor", str(orig)])
+    assert "names study folder" not in capsys.readouterr().out
+    main(["doctor", str(tmp_path / "copy")])
+    stale = [ln for ln in capsys.readouterr().out.splitlines() if "names study folder" in ln]
+    assert stale == [f"stale    {cell / 'config.json'}: names study folder {orig}, but the cell sits in "
+                     f"{tmp_path / 'copy'} (a copied or moved study); it reads this folder's tokenizer and "
+                     "tokens, and 'varscale run' writes the path again"]
+    shutil.rmtree(orig / "tokens")
+    shutil.rmtree(orig / "tokenizer")
+    r = _cli("train", str(cell))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "resumed from step00000008" in r.stdout
+    same_metrics(tiny, cell)
+
+
 # --------------------------------------------------------------------------- the checks themselves
 
 def test_torch_and_parquet_checks_catch_a_flipped_byte(tiny, tmp_path):

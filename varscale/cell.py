@@ -11,6 +11,14 @@ The run id's hash (``CellConfig.hash``) is taken over every field that changes t
 (data, tokenizer, model, training, evaluation, preset, depth, seed, budget, schedule) as
 each field declares (``varscale.configkit.opt``), never over paths, the study's name or how the
 cell is executed, so re-planning the same study finds the same cells.
+
+Where the study is: a cell folder is ``<study>/cells/<run_id>/``, and ``CellConfig.load`` sets
+``study_dir`` to the study folder the cell sits in, not to the path written in ``config.json``
+when it was planned (``study_home``). A copied or moved study's cells read that study's own
+tokenizer, tokens and WSD stable runs before it is planned again; ``varscale doctor`` says when
+a ``config.json`` names another folder (stale: ``varscale run`` writes the path again). A
+cell folder elsewhere (not under a ``cells/`` folder, or not named by its run id) keeps the
+written path. ``study_dir`` enters no hash, so none of this changes a run id.
 """
 from __future__ import annotations
 
@@ -51,6 +59,28 @@ def read_config_json(path: str | os.PathLike) -> dict:
         raise ConfigError([f"<root>: expected a JSON object, got {type(raw).__name__}; {_REPLAN}"],
                           str(p), "cell config")
     return raw
+
+
+def study_home(cell_dir: str | os.PathLike, run_id: str) -> Optional[Path]:
+    """The study folder of a cell folder ``<study>/cells/<run_id>/`` (absolute, symlinks kept as
+    written); None for a folder that is not laid out so (a copy elsewhere, another name)."""
+    d = Path(os.path.abspath(cell_dir))
+    if d.name != run_id or d.parent.name != "cells":
+        return None
+    return d.parent.parent
+
+
+def names_other_study(written: str, home: str | os.PathLike) -> bool:
+    """Whether ``written`` (a ``config.json``'s ``study_dir``) names another folder than
+    ``home``: an absolute path is compared resolved; a relative one (planned from some working
+    directory) by its trailing components."""
+    h = Path(home).resolve()
+    w = Path(os.path.normpath(written))
+    if w.is_absolute():
+        return w.resolve() != h
+    if ".." in w.parts:
+        return Path(os.path.abspath(w)).resolve() != h
+    return w.parts != h.parts[len(h.parts) - len(w.parts):] if w.parts else False
 
 
 @dataclass
@@ -102,8 +132,14 @@ class CellConfig:
 
     @classmethod
     def load(cls, cell_dir: str | os.PathLike) -> "CellConfig":
+        """The cell in ``cell_dir``; its ``study_dir`` is the study folder it sits in
+        (``study_home``), whatever path ``config.json`` was written with."""
         p = CellLayout(Path(cell_dir)).config_json
-        return cls.from_dict(read_config_json(p), str(p))
+        cell = cls.from_dict(read_config_json(p), str(p))
+        home = study_home(cell_dir, cell.run_id)
+        if home is not None:
+            cell.study_dir = str(home)
+        return cell
 
     def study_config(self):
         """A StudyConfig with this cell's sections (for the tokenizer loader and friends)."""

@@ -5,7 +5,8 @@ Checked: ``study.yaml`` (the strict loader), ``plan.json``; ``tokenizer/vqvae.pt
 ``torch.load(weights_only=True)``: complete, and made for this study's tokenizer config) and
 ``tokenizer/metrics.json``; ``tokens/meta.json`` and each split's arrays against it (rows,
 sequence length, labels), its data hash against the study's; per cell ``config.json`` (the
-strict loader), ``status.json``, ``checkpoints/LATEST.json`` (JSON, and the checkpoint folders
+strict loader, and whether it names the study folder it sits in), ``status.json``,
+``checkpoints/LATEST.json`` (JSON, and the checkpoint folders
 it names exist), each checkpoint as a resume checks it (manifest, sizes, CRCs) and each
 weights-only snapshot, every ``metrics/part-*.parquet`` and ``record.parquet`` (read whole by
 pyarrow); ``report/fits.json``.
@@ -203,6 +204,19 @@ def _checkpoints(c: CellLayout, f: Findings, resume_step: Optional[int]) -> Opti
     return None if damaged_full else resume_step  # (a checkpoint without manifest: as LATEST.json says)
 
 
+def _study_path(c: CellLayout, f: Findings) -> None:
+    """A config.json written in another study folder (the study was copied or moved): stale.
+    The cell reads the folder it sits in (``CellConfig.load``); ``varscale run`` rewrites the path."""
+    from varscale.cell import names_other_study, read_config_json
+
+    written = read_config_json(c.config_json).get("study_dir")
+    home = c.root.parent.parent
+    if isinstance(written, str) and names_other_study(written, home):
+        f.add("stale", f"{c.config_json}: names study folder {written}, but the cell sits in {home} (a copied "
+                       "or moved study); it reads this folder's tokenizer and tokens, and 'varscale run' "
+                       "writes the path again")
+
+
 def _cell(c: CellLayout, planned: Optional[set], f: Findings) -> None:
     from varscale.cell import CellConfig
     from varscale.config import ConfigError
@@ -222,6 +236,7 @@ def _cell(c: CellLayout, planned: Optional[set], f: Findings) -> None:
             if planned is not None and rid not in planned:
                 f.add("stale", f"{c.root}: not a cell of the current study.yaml; a rerun leaves it alone "
                                "(and the analysis still reads it)")
+            _study_path(c, f)
     bad_json, resume_step = False, None
     for p, fix in ((c.status_json, C.FIX_STATUS), (c.latest_json, "delete it: the cell then restarts from step 0")):
         if p.exists():
