@@ -103,3 +103,34 @@ def test_stale_token_cache_and_plan(study, capsys):
     stale = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("stale")]
     assert any("tokens: encoded from another data section" in ln or "another data section" in ln for ln in stale)
     assert any("plan.json: made from another study.yaml" in ln for ln in stale)
+
+
+def test_a_flipped_byte_in_a_token_array_is_damage_and_an_old_cache_is_unverified(study, capsys):
+    """The cache's checksums (meta.json) catch a changed value that header and shape checks pass;
+    a cache written before checksums existed is a note ("no checksums"), not damage."""
+    from varscale.tokenizer.cache import TokenCache, file_checksum
+
+    d, _ = study
+    meta_p, idx = d / "tokens" / "meta.json", d / "tokens" / "train_idx.npy"
+    meta = json.loads(meta_p.read_text())
+    assert meta["checksums"]["train_idx.npy"] == file_checksum(idx) == \
+        "sha256:" + hashlib.sha256(idx.read_bytes()).hexdigest()
+    assert sorted(meta["checksums"]) == ["train_idx.npy", "train_labels.npy", "val_idx.npy", "val_labels.npy"]
+    assert main(["doctor", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "train_idx.npy" not in out and "checksum" not in out
+    b = bytearray(idx.read_bytes())
+    b[-3] ^= 0x01  # one token's value, inside the vocabulary still: the header and shape are intact
+    idx.write_bytes(b)
+    assert TokenCache(d / "tokens", "train").idx_NL.shape == (8, 5)  # the cheap checks pass it
+    before = _tree(d)
+    assert main(["doctor", str(d)]) == 1
+    damaged = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("damaged")]
+    assert len(damaged) == 1 and str(idx) in damaged[0] and "bytes changed since the cache was written" in damaged[0]
+    assert _tree(d) == before
+    meta_p.write_text(json.dumps({k: v for k, v in meta.items() if k != "checksums"}))  # an old cache
+    assert main(["doctor", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert "damaged" not in out.replace("0 damaged", "")
+    notes = [ln for ln in out.splitlines() if ln.startswith("note")]
+    assert len(notes) == 1 and "has no checksums" in notes[0] and "not verified" in notes[0]

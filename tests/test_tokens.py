@@ -1,4 +1,5 @@
 """Token cache: format, round trip, stale-cache detection."""
+import hashlib
 import json
 
 import numpy as np
@@ -88,6 +89,12 @@ def test_build_reuse_and_rebuild_on_other_tokenizer(tmp_path):
     want = torch.cat(v1.img_to_idx(torch.as_tensor(img)), dim=1).numpy()
     assert np.array_equal(c.idx_NL, want) and np.array_equal(c.labels_N, lab)
     assert c.idx_NL.shape == (12, 5)
+    # each array's sha256, as `sha256sum` gives it; what `varscale doctor` verifies
+    from varscale.tokenizer.cache import checksum_problems
+
+    assert m1["checksums"] == {p.name: "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+                               for p in sorted((tmp_path / "tokens").glob("*.npy"))}
+    assert checksum_problems(tmp_path / "tokens") == []
 
     build_token_cache(tmp_path, cfg, vae=v1, batch_size=16, log=logs.append)
     assert "skipping" in logs[-1]

@@ -4,7 +4,8 @@ stale and what a rerun would redo. Changes nothing.
 Checked: ``study.yaml`` (the strict loader), ``plan.json``; ``tokenizer/vqvae.pt`` (loaded with
 ``torch.load(weights_only=True)``: complete, and made for this study's tokenizer config) and
 ``tokenizer/metrics.json``; ``tokens/meta.json`` and each split's arrays against it (rows,
-sequence length, labels), its data hash against the study's; per cell ``config.json`` (the
+sequence length, labels, and every byte against its ``checksums``: a cache written before
+them is a ``note``, unverified), its data hash against the study's; per cell ``config.json`` (the
 strict loader, and whether it names the study folder it sits in), ``status.json``,
 ``checkpoints/LATEST.json`` (JSON, and the checkpoint folders
 it names exist), each checkpoint as a resume checks it (manifest, sizes, CRCs) and each
@@ -13,7 +14,8 @@ pyarrow); ``report/fits.json``.
 
 Each finding is one line: ``damaged`` (a file no command can read: what to do about it),
 ``stale`` (readable, but not what the current study.yaml would make; a rerun replaces or
-ignores it) or ``redo`` (work a ``varscale run`` would do). Exit 0 when nothing is damaged,
+ignores it) or ``redo`` (work a ``varscale run`` would do); a ``note`` says what could not be
+checked. Exit 0 when nothing is damaged,
 1 when something is, 2 when the argument is no study folder.
 """
 from __future__ import annotations
@@ -150,6 +152,15 @@ def _tokens(lay: StudyLayout, cfg, f: Findings) -> None:
                     or len(arr.shape) != len(want):
                 f.add("damaged", f"{p}: shape {tuple(arr.shape)}, meta.json says {tuple(want)}; delete {meta_p}: "
                                  "a rerun encodes the token cache again")
+    from varscale.tokenizer.cache import checksum_problems
+
+    bad = checksum_problems(lay.tokens_dir)  # every value read against meta.json's checksums
+    if bad is None:
+        f.add("note", f"tokens: {meta_p} has no checksums (a cache written before varscale wrote them): "
+                      f"its values are not verified; 'varscale tokenize {lay.root} --force' encodes it "
+                      "again with them")
+    for p, why in bad or []:
+        f.add("damaged", f"{p}: {why}; delete {meta_p}: a rerun encodes the token cache again")
     if cfg is not None and meta.get("data_hash") not in (None, cfg.hash("data")):
         f.add("stale", f"{lay.tokens_dir}: encoded from another data section; a rerun encodes it again")
 
@@ -297,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if new:
             f.add("redo", f"{len(new)} planned cell(s) not started ({C.listing(new, 4)}); a rerun trains them")
     f.json_file(lay.fits_json, "delete it ('varscale fit' writes it again)")
-    for kind in ("damaged", "stale", "redo"):
+    for kind in ("damaged", "stale", "redo", "note"):
         for k, text in f.lines:
             if k == kind:
                 print(f"{kind:<8} {text}")

@@ -9,7 +9,9 @@ Layout of ``runs/<study>/tokens/`` (see docs/data.md)::
     meta.json         written last: its presence marks a complete cache
 
 ``meta.json`` holds ``tokenizer_hash`` (of the frozen VQVAE's weights), ``data_hash`` (of the
-study's data section), ``patch_nums``, ``vocab_size``, ``dtype``, ``counts`` {train, val} and
+study's data section), ``patch_nums``, ``vocab_size``, ``dtype``, ``counts`` {train, val},
+``checksums`` (file name -> ``"sha256:<hex>"`` of each ``.npy`` file's bytes, what ``sha256sum``
+prints) and
 the empirical entropy (nats) of the ground-truth token distribution over the train split per
 scale (``entropy_by_scale``), token-weighted over all scales (``entropy_avg``) and of the last
 scale (``entropy_last``): the irreducible part of a unigram model's loss, which the paper
@@ -21,11 +23,15 @@ never reused. So is a damaged one (``cache_damage``: meta.json not a JSON object
 keys above, an array that is not a readable ``.npy`` of the shape and dtype meta.json says):
 ``TokenCache`` refuses it with a ``varscale.schema.DamagedFile`` naming the file, and
 ``build_token_cache`` (``varscale tokenize``, ``varscale run``) encodes it again. Only the
-``.npy`` headers and sizes are checked, not every value (a read of the whole cache).
+``.npy`` headers and sizes are checked there, not every value (a read of the whole cache);
+``varscale doctor`` reads every value against ``checksums`` (``checksum_problems``). A cache
+written before checksums existed has none: it is used as it is, and doctor says its values
+are unverified, not that they are damaged. The checksums enter no hash.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import sys
 import time
@@ -84,6 +90,45 @@ def _labels_path(tokens_dir: Path, split: str) -> Path:
     return TokensLayout(Path(tokens_dir)).labels(split)
 
 
+def file_checksum(path: str | os.PathLike) -> str:
+    """``"sha256:<hex>"`` of a file's bytes, read in 4 MB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 22), b""):
+            h.update(piece)
+    return "sha256:" + h.hexdigest()
+
+
+def _checksums(tokens_dir: Path) -> dict[str, str]:
+    lay = TokensLayout(Path(tokens_dir))
+    return {p.name: file_checksum(p) for split in SPLITS for p in (lay.idx(split), lay.labels(split))}
+
+
+def checksum_problems(tokens_dir: str | os.PathLike) -> Optional[list[tuple[Path, str]]]:
+    """(file, why) for each array whose bytes differ from meta.json's checksum (reads the whole
+    cache); None when meta.json is unreadable or has no ``checksums`` (a cache written before
+    them: unverified, not damaged). A missing or unreadable array is ``cache_damage``'s to say."""
+    lay = TokensLayout(Path(tokens_dir))
+    meta = read_json(lay.meta) if json_problem(lay.meta) is None else None
+    sums = meta.get("checksums") if isinstance(meta, dict) else None
+    if not isinstance(sums, dict):
+        return None
+    out = []
+    for split in SPLITS:
+        for p in (lay.idx(split), lay.labels(split)):
+            want = sums.get(p.name)
+            if not p.is_file():
+                continue
+            if not isinstance(want, str):
+                out.append((p, "no checksum for it in meta.json"))
+                continue
+            have = file_checksum(p)
+            if have != want:
+                out.append((p, f"its bytes changed since the cache was written ({have[:19]}..., meta.json "
+                               f"says {want[:19]}...)"))
+    return out
+
+
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + f".{os.getpid()}.tmp")
@@ -134,6 +179,7 @@ def write_token_cache(
         "seq_len": L,
         "dtype": dt.name,
         "counts": counts,
+        "checksums": _checksums(tokens_dir),
         **entropy_summary(count_codes(np.asarray(train[0]), patch_nums, vocab_size), patch_nums),
         "created": _now(),
         **extra_meta,
@@ -351,6 +397,7 @@ def build_token_cache(study_dir: str | os.PathLike, cfg, vae=None, force: bool =
         "seq_len": L,
         "dtype": dt.name,
         "counts": counts,
+        "checksums": _checksums(tokens_dir),
         **entropy_summary(code_counts, patch_nums),
         "wall_s": round(wall, 2),
         "created": _now(),
