@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from varscale.schema import StudyLayout
+from varscale.schema import StudyLayout, read_json
 
 from .load import (DamagedPart, budget_axis, cells, final_rows, floors, load, load_quality, sample_images,
                    usable_floors)
@@ -118,10 +118,24 @@ class Study:
         return None if self.root is None else load_quality(self.root)
 
     def sample_images(self) -> pd.DataFrame:
-        """Fig. 7's sample grids as rows (run_id, step, path)."""
+        """Fig. 7's sample grids as rows (run_id, step, path, total_steps: the run's length from
+        the JSON ``varscale sample`` writes beside each PNG, NaN where there is none)."""
         if self.root is None:
-            return pd.DataFrame(columns=["run_id", "step", "path"])
-        return sample_images(self.root)
+            return pd.DataFrame(columns=["run_id", "step", "path", "total_steps"])
+        rows = sample_images(self.root)
+        rows["total_steps"] = [_sample_total(p) for p in rows["path"]]
+        return rows
+
+    def slice_label(self, budget: float) -> str:
+        """The label of one budget's slice in a report (``Fit.group``, ``HeadlineRow.slice``)."""
+        return f"{self.budget_axis}={budget:.3g}"
+
+
+def _sample_total(png: str) -> float:
+    try:
+        return float(read_json(Path(png).with_suffix(".json"), default={})["total_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
 
 
 def as_study(study) -> Study:

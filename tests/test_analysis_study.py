@@ -128,7 +128,7 @@ def test_fit_cli_flops_study_has_isoflop(flops_study):
 
 
 def test_figures_cli(study, flops_study, tmp_path):
-    from analysis import figures
+    from varscale.cli import figures
 
     # optional inputs: a sample grid per checkpoint and sample-quality rows
     from matplotlib.image import imsave

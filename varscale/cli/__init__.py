@@ -4,8 +4,8 @@ Each subcommand is one module of this package with ``main(argv) -> exit code``: 
 command's argparse and output, and calls the library function that does the work (which
 itself neither parses arguments nor exits). ``COMMANDS`` maps a name to that module and a
 one-line help; modules are imported only when their command runs, so ``varscale validate``
-does not pay for torch and deepspeed. ``fit`` and ``figures`` are the analysis package's own
-entry points (torch-free, usable without varscale installed).
+does not pay for torch and deepspeed. ``fit`` and ``figures`` call the torch-free analysis
+package (``analysis.fitting``, ``analysis.figures``) and import no torch either.
 
 Adding a command: a module here with ``main(argv)``, and one line in ``COMMANDS``.
 """
@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("varscale.cli.train", "train one cell (a cells/<run_id> folder)"),
     "fit": ("varscale.cli.fit", "fit the scaling laws of a study; writes report/fits.*"),
     "check": ("varscale.cli.check", "set predictions written before training against the observed runs"),
-    "figures": ("analysis.figures", "draw the paper's figures for a study into report/"),
+    "figures": ("varscale.cli.figures", "draw the paper's figures for a study into report/"),
     "predict": ("varscale.cli.predict", "predicted metrics of untrained runs (depth or N, tokens or FLOPs)"),
     "allocate": ("varscale.cli.allocate", "the compute-optimal size and tokens for a FLOP budget"),
     "sample": ("varscale.cli.sample", "generate class-conditional samples from a cell"),
