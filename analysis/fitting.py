@@ -133,7 +133,7 @@ def _fit_study(study: Study, n_boot, seed, floor_last, floor_avg, use_floor, x_c
     # --- per budget, final evaluations vs N
     budget_forms = forms.of_scope("budget")
     for budget, g in fr.groupby("budget"):
-        s = forms.Slice(g, group=f"{axis}={budget:.3g}", **common)
+        s = forms.Slice(g, group=study.slice_label(budget), **common)
         why = {f.name: f.eligible(s) for f in budget_forms}
         if all(v is not None for v in why.values()):
             rep.notes.append(f"{s.group}: {why[budget_forms[0].name]}")

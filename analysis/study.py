@@ -21,7 +21,8 @@ import pandas as pd
 
 from varscale.schema import StudyLayout, read_json
 
-from .load import (DamagedPart, budget_axis, cells, final_rows, floors, load, load_quality, sample_images,
+from .load import budget_axis as _budget_axis
+from .load import (DamagedPart, cells, final_rows, floors, load, load_quality, sample_images,
                    usable_floors)
 
 
@@ -68,7 +69,7 @@ class Study:
         if "is_final" not in df and len(df):
             last = df.groupby("run_id")["step"].transform("max") == df["step"] if "step" in df else True
             df["is_final"] = last & (df["state"] != "diverged") & ~df["is_stable"].astype(bool)
-        axis = budget_axis or budget_axis(df)
+        axis = budget_axis or _budget_axis(df)
         if "budget" not in df and axis in df:
             df["budget"] = df[axis].astype(float)
         df.attrs["budget_axis"] = axis
