@@ -128,13 +128,7 @@ def test_config_kit_is_a_leaf():
     assert import_graph()["varscale.configkit"] == set()
 
 
-@pytest.mark.parametrize("package", [
-    "varscale",
-    # not strict: the rewrite of analysis/ that removes its circles lands separately
-    pytest.param("analysis", marks=pytest.mark.xfail(
-        strict=False, reason="analysis/ has import circles until its rewrite lands (analysis.report -> check -> "
-                             "predict -> report; analysis.bootstrap <-> analysis.forms); then remove this mark")),
-])
+@pytest.mark.parametrize("package", ["varscale", "analysis"])
 def test_no_import_cycles(package):
     graph = import_graph()
     found = [c for c in cycles(graph) if any(m == package or m.startswith(package + ".") for m in c)]
