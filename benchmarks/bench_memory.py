@@ -122,11 +122,11 @@ def estimate_for(cell_dir: Path) -> dict:
     """``varscale plan``'s estimate for the cell (world size 1, as measured here)."""
     from varscale.cell import CellConfig
     from varscale.config import load_study
-    from varscale.grid.plan import _tokenizer_params, cell_memory, param_counts
+    from varscale.grid.plan import cell_memory
 
     cell = CellConfig.load(cell_dir)
     cfg = load_study(Path(cell.study_dir))
-    return cell_memory(cfg, cell, param_counts(cell), _tokenizer_params(cell.preset))
+    return cell_memory(cfg, cell)
 
 
 def one_case(case, workdir: Path) -> dict:

@@ -240,7 +240,7 @@ def planner_estimate(cfg, cell) -> Optional[float]:
     memory column shows (``varscale.grid.plan.cell_memory``, from the model's shapes)."""
     from varscale.grid import plan as P
 
-    out = P.cell_memory(cfg, cell, P.param_counts(cell), P._tokenizer_params(cell.preset))
+    out = P.cell_memory(cfg, cell)
     return float(out["total"])
 
 

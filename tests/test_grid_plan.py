@@ -119,9 +119,8 @@ def test_measured_throughput_is_used(tmp_path, capsys):
     assert plan["cells"][0]["est_seconds"] == pytest.approx(c["cost_flops"] / rate)
 
 
-def test_analytic_param_count_matches_official():
-    from varscale.models.presets import get_preset
+def test_param_count_from_the_config_matches_official():
+    from varscale.models.spec import param_counts, var_config
 
-    p = get_preset("imagenet256")
-    assert P._param_counts_analytic(p, 16, 64, 1000)["n_params"] == 310_283_520
-    assert P._param_counts_analytic(p, 30, 64, 1000)["n_params"] == 2_010_020_356
+    assert param_counts(var_config("imagenet256", 16))["n_params"] == 310_283_520
+    assert param_counts(var_config("imagenet256", 30))["n_params"] == 2_010_020_356

@@ -171,16 +171,16 @@ def test_training_step_and_bf16_autocast():
         assert var.word_embed.weight.grad.abs().sum() > 0
 
 
-def test_var_overrides_from_model_config():
+def test_var_config_for_model_config():
     from varscale.config import ModelConfig
-    from varscale.models import var_config, var_overrides
+    from varscale.models import var_config, var_config_for
 
     mc = ModelConfig(head_dim=8, drop_path=False, class_dropout_in_eval=True, aln_gamma_init=1e-4, fused=False)
-    cfg = var_config("cpu32", 3, **var_overrides(mc))
+    cfg = var_config_for(mc, 3)
     assert (cfg.head_dim, cfg.width, cfg.heads) == (8, 24, 3)
     assert cfg.max_drop_path == 0.0 and cfg.class_dropout_in_eval and not cfg.fused
     assert cfg.aln_gamma_init == 1e-4
-    assert var_config("cpu32", 3, **var_overrides(ModelConfig())).head_dim == PRESETS["cpu32"].head_dim
+    assert var_config_for(ModelConfig(), 3).head_dim == PRESETS["cpu32"].head_dim
     assert var_config("imagenet256", 24).max_drop_path == pytest.approx(0.1)
 
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, P = study_and_predictor(a.study_dir, a.n_boot, a.seed)
     from analysis.predict import allocate
 
-    from varscale.grid.family import model_family
+    from varscale.models.family import model_family
 
     metric = METRICS[a.metric]
     top = a.max_depth or 2 * max(cfg.model.depths)

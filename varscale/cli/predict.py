@@ -72,7 +72,7 @@ def targets_from_args(cfg, sizes, budgets, csv_path):
     """Rows (depth, n_params, tokens, flops, label) from the arguments or the CSV."""
     import pandas as pd
 
-    from varscale.grid.family import model_family
+    from varscale.models.family import model_family
 
     rows = []
     if csv_path:

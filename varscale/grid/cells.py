@@ -4,10 +4,11 @@
 each one's ``config.json`` into ``cells/<run_id>/`` (atomically: a dot-file renamed, so a
 crash leaves the old file or the new one, never half of one).
 
-Budgets become step counts from the exact per-step FLOPs of the model's shapes
-(``varscale.models.flops``): a FLOP budget C gives ``floor(C / flops_per_step)`` steps, a
-token budget T gives ``ceil(T / (batch * L))``. A budget too small for the first evaluation
-(``evaluation.min_step``) is an error at plan time, not a silent one-step run.
+Budgets become step counts from the exact per-step FLOPs of the model's ``VARConfig``
+(``varscale.models.spec``, ``varscale.models.flops``): a FLOP budget C gives
+``floor(C / flops_per_step)`` steps, a token budget T gives ``ceil(T / (batch * L))``. A
+budget too small for the first evaluation (``evaluation.min_step``) is an error at plan
+time, not a silent one-step run.
 
 The run id is ``d<depth>-<c|t><budget>-s<seed>[-stable]-<hash8>`` with ``CellConfig.hash``,
 so re-planning the same study finds the same cells.
@@ -61,11 +62,12 @@ def checkpoint_steps(total_steps: int, every: int) -> list[int]:
 
 
 def flops_per_image(model: ArchConfig, depth: int, num_classes: int) -> int:
-    """Exact training FLOPs (3 x forward) of one image through VAR-d with these options."""
-    from varscale.models import flops as F
-    from varscale.models import var_config_for
+    """Exact training FLOPs (3 x forward) of one image through VAR-d with these options
+    (``varscale.models.flops`` of the model's ``VARConfig``)."""
+    from varscale.models.flops import var_train_flops
+    from varscale.models.spec import var_config_for
 
-    return int(F.var_train_flops(var_config_for(model, depth, num_classes)))
+    return int(var_train_flops(var_config_for(model, depth, num_classes)))
 
 
 def steps_for(unit: str, value: float, fpi: int, batch: int, L: int) -> int:

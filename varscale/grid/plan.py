@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from varscale.config import StudyConfig
+from varscale.models.spec import param_counts, var_config_for
 from varscale.schema import CellLayout, StudyLayout, atomic_write_json, read_json
 
 ASSUMED_CPU_MFU = 0.25  # of the matmul peak; small models on CPU reach about this or less
@@ -46,54 +47,13 @@ GUESS_STARTUP_S = 8.0
 GUESS_STEP_S = 0.004
 
 
-# --------------------------------------------------------------------------- sizes
+# --------------------------------------------------------------------------- sizes and memory
 
 
-def _param_counts_analytic(preset: Any, depth: int, head_dim: int, num_classes: int,
-                           attn_l2_norm: bool = True, shared_aln: bool = False) -> dict:
-    """VAR's parameter count from its shapes (matches the official d16: 310,283,520)."""
-    C, H, L, K = head_dim * depth, depth, preset.seq_len, len(preset.patch_nums)
-    per_block = 18 * C * C + 14 * C + (H if attn_l2_norm else 0)
-    if shared_aln:  # the 6C x C AdaLN linear is shared; each block keeps a (6, C) table
-        per_block -= 6 * C * C + 6 * C - 6 * C
-    blocks = depth * per_block + ((6 * C * C + 6 * C) if shared_aln else 0)
-    emb = C * (num_classes + 1) + C + L * C + K * C  # class table, pos_start, pos_1LC, lvl_embed
-    other = preset.cvae * C + C + (2 * C * C + 2 * C) + (preset.vocab_size * C + preset.vocab_size)
-    n = blocks + emb + other
-    return dict(n_params=n, n_params_blocks=blocks, n_params_nonembedding=n - emb)
-
-
-def param_counts(cell: Any) -> dict:
-    """Exact counts from the model built on the meta device (no memory), else from shapes."""
-    try:
-        import torch
-
-        from varscale.models import var_config_for
-        from varscale.models.var import VAR
-
-        with torch.device("meta"):
-            m = VAR(var_config_for(cell.model, cell.depth, cell.num_classes))
-        return m.param_counts()
-    except Exception:  # noqa: BLE001 - a plan must not fail on a model-building detail
-        from varscale.models.presets import get_preset
-
-        p = get_preset(cell.preset)
-        return _param_counts_analytic(p, cell.depth, cell.model.head_dim or p.head_dim, cell.num_classes,
-                                      cell.model.attn_l2_norm, cell.model.shared_aln)
-
-
-# --------------------------------------------------------------------------- memory
-
-
-def _tokenizer_params(preset: str) -> int:
-    try:
-        import torch
-
-        from varscale.models import build_vqvae
-
-        return sum(p.numel() for p in build_vqvae(preset, device=torch.device("meta")).parameters())
-    except Exception:  # noqa: BLE001 - the tokenizer's share is small; a plan must not fail on it
-        return 0
+def _var_config(cell: Any):
+    """The cell's ``VARConfig`` (``varscale.models.spec``): its parameter counts and memory
+    are taken from it, as its FLOPs were (``varscale.grid.cells.flops_per_image``)."""
+    return var_config_for(cell.model, cell.depth, cell.num_classes)
 
 
 def memory_setup(cfg: StudyConfig):
@@ -110,17 +70,13 @@ def memory_setup(cfg: StudyConfig):
                  gpus_per_node=max(ex.nproc_per_node, 1), nodes=max(nodes, 1)), share
 
 
-def cell_memory(cfg: StudyConfig, cell: Any, counts: dict, tokenizer_params: int) -> dict:
-    """Per-rank memory of one cell at the study's settings, whether it fits
-    ``execution.gpu_mem_gb``, and, when it does not, the setting that does."""
+def cell_memory(cfg: StudyConfig, cell: Any) -> dict:
+    """Per-rank memory of one cell at the study's settings (the shape of its ``VARConfig``
+    and its preset's tokenizer), whether it fits ``execution.gpu_mem_gb``, and, when it does
+    not, the setting that does."""
     from varscale.models import memory as M
-    from varscale.models.presets import get_preset
 
-    p = get_preset(cell.preset)
-    shape = M.Shape(depth=cell.depth, width=cell.width, heads=cell.depth, seq_len=p.seq_len,
-                    vocab_size=p.vocab_size, cvae=p.cvae, mlp_ratio=p.mlp_ratio, n_params=int(counts["n_params"]),
-                    tokenizer_params=tokenizer_params, attn_l2_norm=cell.model.attn_l2_norm,
-                    fused=cell.model.fused, shared_aln=cell.model.shared_aln)
+    shape = M.Shape.of(_var_config(cell), cell.preset)
     setup, share = memory_setup(cfg)
     est = M.estimate(shape, setup)
     gb = cfg.execution.gpu_mem_gb
@@ -261,15 +217,11 @@ def build_plan(cfg: StudyConfig, layout: StudyLayout, cells: list[Any],
             source += f", plus {GUESS_STARTUP_S:g} s start-up and {GUESS_STEP_S * 1e3:g} ms per step"
     counts: dict[int, dict] = {}
     memory: dict[int, dict] = {}
-    tok_params: dict[str, int] = {}
     rows = []
     for c in cells:
         if c.depth not in counts:
-            counts[c.depth] = param_counts(c)
-        if c.depth not in memory:
-            if c.preset not in tok_params:
-                tok_params[c.preset] = _tokenizer_params(c.preset)
-            memory[c.depth] = cell_memory(cfg, c, counts[c.depth], tok_params[c.preset])
+            counts[c.depth] = param_counts(_var_config(c))
+            memory[c.depth] = cell_memory(cfg, c)
         rate = measured.get(c.depth, default_rate) if not flops_per_s else default_rate
         cost = cell_cost(c)
         est = cost / rate if rate > 0 else None

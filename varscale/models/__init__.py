@@ -6,20 +6,26 @@
     logits_BLV = var(label_B, vae.idx_to_var_input(idx))
     load_official(vae, var, vae_sd, var_sd)        # official release checkpoints -> ours
 
-``build_var(preset, depth, **overrides)`` takes any ``VARConfig`` field as an override
-(e.g. ``head_dim``, ``class_dropout``, ``aln_gamma_init``, ``fused``).
-``var_overrides(model_cfg)`` is the one mapping from a study's or a cell's model section
-(``varscale.config.ArchConfig`` / ``ModelConfig``) to those overrides;
-``var_config_for(model_cfg, depth, num_classes)`` is the ``VARConfig`` it gives.
+One model is described by one ``VARConfig`` (``spec.py``, no torch): a study's or a cell's
+model section (``varscale.config.ArchConfig`` / ``ModelConfig``) becomes one through
+``var_config_for(model_cfg, depth, num_classes)``, and the torch model
+(``build_var(var_cfg)``), its parameter counts (``param_counts``), FLOPs (``flops.py``),
+memory (``memory.Shape.of``) and a study's family (``family.py``) are all taken from it.
+``build_var(preset, depth, **overrides)`` / ``var_config(preset, depth, **overrides)`` set any
+``VARConfig`` field directly (e.g. ``head_dim``, ``class_dropout``, ``aln_gamma_init``, ``fused``).
+
+Importing this package, ``spec``, ``presets``, ``flops``, ``memory`` or ``family`` loads no
+torch; ``build*`` and ``load_official`` import it when called.
 """
 from __future__ import annotations
 
 from typing import Optional, Union
 
 from .presets import PRESETS, Preset, get_preset
+from .spec import VARConfig, param_counts, var_config, var_config_for, vqvae_param_count
 
-__all__ = ["PRESETS", "Preset", "get_preset", "build", "build_vqvae", "build_var", "var_config",
-           "var_config_for", "var_overrides", "load_official"]
+__all__ = ["PRESETS", "Preset", "get_preset", "VARConfig", "var_config", "var_config_for", "param_counts",
+           "vqvae_param_count", "build", "build_vqvae", "build_var", "load_official"]
 
 
 def _preset(preset: Union[str, Preset]) -> Preset:
@@ -36,45 +42,30 @@ def build_vqvae(preset: Union[str, Preset], device=None):
         return VQVAE.from_preset(_preset(preset))
 
 
-def var_config(preset: Union[str, Preset], depth: int, num_classes: Optional[int] = None, **overrides):
-    """The ``VARConfig`` of VAR-``depth`` on ``preset`` (overrides: any VARConfig field)."""
-    from .var import VARConfig
-
-    return VARConfig.from_preset(_preset(preset), depth, num_classes=num_classes, **overrides)
-
-
-def build_var(preset: Union[str, Preset], depth: int, device=None, num_classes: Optional[int] = None, **overrides):
-    """An initialised VAR-``depth`` (official init; on "meta" shapes only)."""
+def build_var(preset: Union[str, Preset, VARConfig], depth: Optional[int] = None, device=None,
+              num_classes: Optional[int] = None, **overrides):
+    """An initialised VAR (official init; on "meta" shapes only): of a ``VARConfig``
+    (``build_var(var_config_for(model_cfg, depth, num_classes), device)``), or VAR-``depth``
+    on ``preset`` with ``var_config``'s overrides."""
     import torch
 
     from .var import VAR
 
-    cfg = var_config(preset, depth, num_classes=num_classes, **overrides)
+    if isinstance(preset, VARConfig):
+        if depth is not None or num_classes is not None or overrides:
+            raise TypeError("build_var(VARConfig): depth, num_classes and overrides are the config's own")
+        cfg = preset
+    elif depth is None:
+        raise TypeError("build_var(preset, depth): depth is required with a preset")
+    else:
+        cfg = var_config(preset, depth, num_classes=num_classes, **overrides)
     with torch.device(device if device is not None else "cpu"):
         return VAR(cfg)
 
 
-def build(preset: Union[str, Preset], depth: int, device=None, num_classes: Optional[int] = None, **var_overrides):
+def build(preset: Union[str, Preset], depth: int, device=None, num_classes: Optional[int] = None, **overrides):
     """(vae, var) for ``preset``; the VAE is untrained (load or train it separately)."""
-    return build_vqvae(preset, device), build_var(preset, depth, device, num_classes, **var_overrides)
-
-
-def var_overrides(model_cfg) -> dict:
-    """VARConfig overrides from a ``config.ArchConfig`` (or ``ModelConfig``; head_dim None: the preset's)."""
-    kw = dict(class_dropout=model_cfg.class_dropout, class_dropout_in_eval=model_cfg.class_dropout_in_eval,
-              attn_l2_norm=model_cfg.attn_l2_norm, shared_aln=model_cfg.shared_aln,
-              aln_gamma_init=model_cfg.aln_gamma_init, pos_init=model_cfg.pos_init,
-              fused=model_cfg.fused)
-    if model_cfg.head_dim is not None:
-        kw["head_dim"] = model_cfg.head_dim
-    if not model_cfg.drop_path:
-        kw["drop_path_rate"] = 0.0
-    return kw
-
-
-def var_config_for(model_cfg, depth: int, num_classes: Optional[int] = None):
-    """The ``VARConfig`` of VAR-``depth`` with a model section's options on its preset."""
-    return var_config(model_cfg.preset, depth, num_classes=num_classes, **var_overrides(model_cfg))
+    return build_vqvae(preset, device), build_var(preset, depth, device, num_classes, **overrides)
 
 
 def _load_into(module, sd: dict, what: str):

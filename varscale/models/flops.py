@@ -1,4 +1,4 @@
-"""FLOPs of VAR and of the VQVAE encoder, counted from the models' shapes (no torch needed).
+"""FLOPs of VAR (from its ``VARConfig``) and of the VQVAE encoder (from its ``Preset``); no torch.
 
 Convention: a multiply-accumulate is 2 FLOPs; only matrix products are counted (linear
 layers, convolutions, attention). Bias adds, norms, activations, softmax, residual adds and
@@ -22,37 +22,30 @@ Training = 3 x forward (backward = 2 x forward for matmuls). ``flops_6nd`` is th
 """
 from __future__ import annotations
 
-
-def _var_shape(cfg):
-    C = cfg.head_dim * cfg.depth
-    F = round(C * cfg.mlp_ratio)
-    L = sum(p * p for p in cfg.patch_nums)
-    return C, F, L
+from .spec import VARConfig
 
 
-def var_forward_flops_breakdown(cfg) -> dict:
+def var_forward_flops_breakdown(cfg: VARConfig) -> dict:
     """Forward FLOPs per image by part: word_embed, blocks_linear, attention, adaln, head."""
-    C, F, L = _var_shape(cfg)
+    C, F, L, d = cfg.width, cfg.mlp_hidden, cfg.seq_len, cfg.depth
     D = C
-    first_l = cfg.patch_nums[0] ** 2
-    d = cfg.depth
     out = dict(
-        word_embed=2 * (L - first_l) * cfg.cvae * C,
+        word_embed=2 * (L - cfg.first_l) * cfg.cvae * C,
         blocks_linear=d * 2 * L * (4 * C * C + 2 * C * F),
         attention=d * 2 * 2 * L * L * C,
-        adaln=(1 if getattr(cfg, "shared_aln", False) else d) * 2 * D * 6 * C + 2 * D * 2 * C,
+        adaln=(1 if cfg.shared_aln else d) * 2 * D * 6 * C + 2 * D * 2 * C,
         head=2 * L * C * cfg.vocab_size,
     )
     out["total"] = sum(out.values())
     return out
 
 
-def var_forward_flops(cfg) -> int:
-    """Forward FLOPs of one image through VAR (``cfg``: a ``VARConfig``)."""
+def var_forward_flops(cfg: VARConfig) -> int:
+    """Forward FLOPs of one image through ``VAR(cfg)``."""
     return var_forward_flops_breakdown(cfg)["total"]
 
 
-def var_train_flops(cfg) -> int:
+def var_train_flops(cfg: VARConfig) -> int:
     """Training FLOPs (forward + backward) per image: 3 x forward."""
     return 3 * var_forward_flops(cfg)
 

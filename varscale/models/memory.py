@@ -1,10 +1,12 @@
 """Memory of one training rank, counted from the model's shapes (no torch needed).
 
-``estimate(shape, training)`` gives, per rank and in bytes, what a cell's training step holds
+``estimate(shape, setup)`` gives, per rank and in bytes, what a cell's training step holds
 at its peak: the parameters, gradients and optimizer state at the study's ZeRO stage, the
 buffers DeepSpeed allocates, the frozen tokenizer, and the activations of one micro-batch.
-``varscale plan`` prints it per cell and checks it against ``execution.gpu_mem_gb``;
-``suggest`` finds the micro-batch size, activation checkpointing or ZeRO stage that fits.
+A model's shape is ``Shape.of(var_cfg, preset)``: its ``VARConfig``
+(``varscale.models.spec``) and its tokenizer's preset. ``varscale plan`` prints the estimate
+per cell and checks it against ``execution.gpu_mem_gb``; ``suggest`` finds the micro-batch
+size, activation checkpointing or ZeRO stage that fits.
 
 Model states (N parameters, w ranks). varscale's DeepSpeed engine keeps fp32 weights,
 gradients and AdamW moments at every precision (bf16 is ``torch.autocast`` around the
@@ -56,7 +58,10 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
+
+from .presets import Preset
+from .spec import VARConfig, param_counts, vqvae_param_count
 
 GB = 1e9
 # zero_optimization.reduce_bucket_size, DeepSpeed's default (elements); engine.ds_config
@@ -69,7 +74,8 @@ HEADROOM = 0.1
 
 @dataclass(frozen=True)
 class Shape:
-    """What memory depends on: the VAR's shape, its parameter count, the tokenizer's."""
+    """What memory depends on: the VAR's shape, its parameter count, the tokenizer's.
+    A model's is ``Shape.of(var_cfg, preset)``; constructing one by hand is for what-ifs."""
 
     depth: int
     width: int  # C
@@ -83,6 +89,16 @@ class Shape:
     attn_l2_norm: bool = True
     fused: bool = True
     shared_aln: bool = False
+
+    @classmethod
+    def of(cls, cfg: VARConfig, preset: Union[str, Preset, None] = None) -> "Shape":
+        """The shape of ``VAR(cfg)`` (``varscale.models.spec``) with the frozen tokenizer of
+        ``preset`` beside it (None: no tokenizer)."""
+        return cls(depth=cfg.depth, width=cfg.width, heads=cfg.heads, seq_len=cfg.seq_len,
+                   vocab_size=cfg.vocab_size, cvae=cfg.cvae, mlp_ratio=cfg.mlp_ratio,
+                   n_params=param_counts(cfg)["n_params"],
+                   tokenizer_params=vqvae_param_count(preset) if preset is not None else 0,
+                   attn_l2_norm=cfg.attn_l2_norm, fused=cfg.fused, shared_aln=cfg.shared_aln)
 
     @property
     def largest_layer(self) -> int:

@@ -40,7 +40,6 @@ Parameter names follow the official release (``blocks.0.attn.mat_qkv.weight``, .
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -48,60 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-
-@dataclass
-class VARConfig:
-    depth: int
-    vocab_size: int = 4096
-    cvae: int = 32
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-    num_classes: int = 1000
-    head_dim: int = 64  # width = head_dim * depth, heads = depth
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
-    drop_path_rate: Optional[float] = None  # None: the official 0.1 * depth / 24
-    attn_l2_norm: bool = True
-    shared_aln: bool = False
-    class_dropout: float = 0.1
-    class_dropout_in_eval: bool = False  # True: the official behaviour (labels also dropped at eval)
-    # official init_weights(init_adaln=0.5, init_adaln_gamma=alng, init_head=0.02, init_std=-1)
-    aln_init: float = 0.5
-    aln_gamma_init: float = 1e-5  # official default; README recipes use 1e-3 (d16/20) .. 5e-6 (d36)
-    head_init: float = 0.02
-    init_std: Optional[float] = None  # None: sqrt(1 / (3 C)), as the official code
-    # "trunc_normal": the official random pos_1LC; "sincos2d": a deviation, see pos_sincos_2d
-    pos_init: str = "trunc_normal"
-    # numerically equivalent faster paths (fewer kernel launches); False: the official op order
-    fused: bool = True
-
-    @property
-    def width(self) -> int:
-        return self.head_dim * self.depth
-
-    @property
-    def heads(self) -> int:
-        return self.depth
-
-    @property
-    def seq_len(self) -> int:
-        return sum(p * p for p in self.patch_nums)
-
-    @property
-    def first_l(self) -> int:
-        return self.patch_nums[0] ** 2
-
-    @property
-    def max_drop_path(self) -> float:
-        return 0.1 * self.depth / 24 if self.drop_path_rate is None else self.drop_path_rate
-
-    @classmethod
-    def from_preset(cls, preset, depth: int, num_classes: Optional[int] = None, **overrides) -> "VARConfig":
-        kw = dict(depth=depth, vocab_size=preset.vocab_size, cvae=preset.cvae,
-                  patch_nums=tuple(preset.patch_nums),
-                  num_classes=preset.num_classes if num_classes is None else num_classes,
-                  head_dim=preset.head_dim, mlp_ratio=preset.mlp_ratio, norm_eps=preset.norm_eps)
-        kw.update({k: v for k, v in overrides.items() if v is not None or k in ("drop_path_rate", "init_std")})
-        return cls(**kw)
+from .spec import VARConfig  # noqa: F401 - defined torch-free in spec.py, importable from here too
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -356,7 +302,8 @@ class VAR(nn.Module):
         """n_params: all parameters. n_params_blocks: the transformer blocks (plus the shared
         AdaLN linear when shared_aln), the paper's N ~ 18 d w^2. n_params_nonembedding: all
         minus the lookup tables class_emb, pos_start, pos_1LC, lvl_embed (word_embed and the
-        head are matmuls per token and stay in)."""
+        head are matmuls per token and stay in). Counted from the modules; the torch-free
+        ``varscale.models.spec.param_counts(cfg)`` gives the same numbers from the config."""
         n = sum(p.numel() for p in self.parameters())
         blocks = sum(p.numel() for p in self.blocks.parameters()) + sum(p.numel() for p in self.shared_ada_lin.parameters())
         emb = self.class_emb.weight.numel() + self.pos_start.numel() + self.pos_1LC.numel() + self.lvl_embed.weight.numel()

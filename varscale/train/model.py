@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional
 
 from varscale.cell import CellConfig
-from varscale.models import var_overrides
 from varscale.schema import CellLayout, DamagedFile, json_problem, read_json, torch_file_problem
 
 
@@ -36,10 +35,9 @@ def load_vae(cell: CellConfig, device=None):
 
 def build_model(cell: CellConfig, device=None):
     """A freshly initialised VAR-d of the cell (initialised from torch's global RNG)."""
-    from varscale.models import build_var
+    from varscale.models import build_var, var_config_for
 
-    return build_var(cell.preset, cell.depth, device=device, num_classes=cell.num_classes,
-                     **var_overrides(cell.model))
+    return build_var(var_config_for(cell.model, cell.depth, cell.num_classes), device=device)
 
 
 def read_latest(cell: CellLayout) -> Optional[dict]:
