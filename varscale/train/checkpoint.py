@@ -14,9 +14,13 @@ run's WSD branch points); at ``SNAPSHOT_FRACTIONS`` of the run only ``weights.pt
 The last ``KEEP_CHECKPOINTS`` full ones, the branch points and the snapshots are kept, every
 other ``step<N>`` folder is deleted after a save (and dot-files a killed write left behind).
 
-Crash safety: a checkpoint is complete once its manifest is written, after every rank
-finished writing; LATEST.json is then replaced atomically. A half-written ``step<N>`` folder
-from before a crash is deleted before being written again. ``load`` resumes from the newest
+Crash safety: a save is four steps, in this order: every rank's files, the manifest (a
+checkpoint is complete once it is written, after every rank finished writing), LATEST.json
+(replaced atomically), the pruning. A kill (SIGKILL) may fall between any two. Before the
+manifest, the folder is no checkpoint and is deleted before being written again. After it,
+a resume from that checkpoint ``settle``s: LATEST.json then names it and the kept one before
+it, and the older full checkpoints the save did not prune are deleted, so no more than
+``KEEP_CHECKPOINTS`` stay even when the run has no save left (a kill after the last one). ``load`` resumes from the newest
 checkpoint that is whole: its manifest reads, every file it lists is there with its size,
 and every torch file passes its CRC check (``varscale.schema.torch_file_problem``). A damaged
 newest one (a truncated or overwritten file, a missing shard, a damaged LATEST.json) is
@@ -165,8 +169,19 @@ class Checkpoints:
         return dist.get_world_size() if dist.is_initialized() else 1
 
     def save(self, step: int, client_state: dict[str, Any], rows: Optional[list[dict]] = None) -> None:
-        """A full checkpoint at ``step`` (with a copy of the metrics ``rows`` so far), its
-        manifest, then LATEST.json, then pruning. A full disk: ``DiskFull``, the folder removed."""
+        """A full checkpoint at ``step`` (with a copy of the metrics ``rows`` so far), in four
+        steps that a kill may fall between: the files (every rank), the manifest, LATEST.json,
+        then pruning (rank 0). A kill before the manifest leaves a folder no resume reads; after
+        it, a resume from this checkpoint ends what the save did not (``settle``). A full disk:
+        ``DiskFull``, the folder removed."""
+        self._write(step, client_state, rows)
+        if self.main:
+            self._seal(step)
+            tags = self._point_latest(step)
+            self._prune(set(tags))
+
+    def _write(self, step: int, client_state: dict[str, Any], rows: Optional[list[dict]]) -> None:
+        """Every file of the checkpoint at ``step`` (a collective); the folder is whole on return."""
         import torch.distributed as dist
 
         ckpt = self.layout.checkpoints
@@ -193,22 +208,46 @@ class Checkpoints:
             detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else ""
             raise DiskFull(folder, detail or "no space left on device") from e
         dist.barrier()
-        if self.main:
-            files = {f.name: f.stat().st_size for f in sorted(folder.iterdir())
-                     if f.is_file() and not f.name.startswith(".")}
-            atomic_write_json(folder / MANIFEST, {"step": step, "tag": tag, "world_size": self._world(),
-                                                  "zero_stage": self.zero_stage, "files": files, "time": now()})
-            prev = _latest_or_none(self.layout) or {}
-            older = [t for t in prev.get("tags", []) if isinstance(t, str) and (_step_of(t) or 0) < step]
-            # older ones only: after a resume from an earlier checkpoint (a newer one was
-            # damaged) the newer tags belong to a run that no longer exists
-            tags = sorted(set(older) | {tag}, key=lambda t: _step_of(t) or 0)[-KEEP_CHECKPOINTS:]
-            if self.layout.latest_json.is_dir():  # damaged into a folder: replaced like any damaged one
-                shutil.rmtree(self.layout.latest_json)
-            atomic_write_json(self.layout.latest_json, {"step": step, "tag": tag, "tags": tags, "time": now()})
-            self._prune(set(tags))
+
+    def _seal(self, step: int) -> None:
+        """The manifest: every file of the checkpoint with its size; from now on it is whole."""
+        folder = self.layout.checkpoint(step)
+        files = {f.name: f.stat().st_size for f in sorted(folder.iterdir())
+                 if f.is_file() and not f.name.startswith(".")}
+        atomic_write_json(folder / MANIFEST, {"step": step, "tag": _tag(step), "world_size": self._world(),
+                                              "zero_stage": self.zero_stage, "files": files, "time": now()})
+
+    def _point_latest(self, step: int) -> list[str]:
+        """LATEST.json at ``step`` with the kept checkpoints before it; returns the kept tags."""
+        prev = _latest_or_none(self.layout) or {}
+        older = [t for t in prev.get("tags", []) if isinstance(t, str) and (_step_of(t) or 0) < step]
+        # older ones only: after a resume from an earlier checkpoint (a newer one was
+        # damaged) the newer tags belong to a run that no longer exists
+        tags = _kept(older, _tag(step))
+        self._write_latest(step, tags)
+        return tags
+
+    def _write_latest(self, step: int, tags: list[str]) -> None:
+        if self.layout.latest_json.is_dir():  # damaged into a folder: replaced like any damaged one
+            shutil.rmtree(self.layout.latest_json)
+        atomic_write_json(self.layout.latest_json, {"step": step, "tag": _tag(step), "tags": tags, "time": now()})
+
+    def settle(self, tag: str, candidates: list[str]) -> None:
+        """After a resume from this run's own checkpoint ``tag`` (rank 0): what its save would
+        have left had no kill fallen between its steps. LATEST.json names ``tag`` and the kept
+        ones before it (``KEEP_CHECKPOINTS`` in all, from ``candidates``), then every other
+        older full checkpoint is deleted. Newer ones (damaged, skipped) stay until the run's
+        save at their step writes them again."""
+        step = _step_of(tag)
+        tags = _kept([t for t in candidates if (_step_of(t) or 0) < step], tag)
+        prev = _latest_or_none(self.layout)
+        if prev is None or prev.get("tag") != tag or prev.get("tags") != tags:
+            self._write_latest(step, tags)
+        self._prune(set(tags) | {t for t in candidates if (_step_of(t) or 0) > step})
 
     def _prune(self, latest_tags: set[str]) -> None:
+        """Delete every ``step<N>`` folder but ``latest_tags``, the WSD branch points and the
+        weights-only snapshots (and the dot-files a killed write left in the kept ones)."""
         keep = latest_tags | {_tag(s) for s in self.cell.keep_steps} \
             | {_tag(s) for s in snapshot_steps(self.cell.total_steps)}
         remove_temp_files(self.layout.checkpoints)
@@ -282,6 +321,8 @@ class Checkpoints:
             if why is None:
                 client, why = self._load_agreed(self.layout.checkpoints, tag)
                 if client is not None:
+                    if self.main:  # every rank has loaded it (``_load_agreed`` agreed)
+                        self.settle(tag, tags)
                     return Loaded(client, True, tag, skipped)
                 partly_loaded = tag  # an older checkpoint overwrites what DeepSpeed loaded of it
             skipped.append((tag, why))
@@ -327,6 +368,11 @@ class Checkpoints:
             if int(ok) == 0:
                 return None, err or "another rank could not load it"
         return client, err
+
+
+def _kept(older: list[str], tag: str) -> list[str]:
+    """``tag`` and the newest of ``older``: ``KEEP_CHECKPOINTS`` tags, oldest first."""
+    return sorted(set(older) | {tag}, key=lambda t: _step_of(t) or 0)[-KEEP_CHECKPOINTS:]
 
 
 def _latest_or_none(layout: CellLayout) -> Optional[dict]:
