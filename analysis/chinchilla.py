@@ -262,6 +262,21 @@ def extrapolation_check_chinchilla(N, D, L, metric: str = "loss", group: str = "
 # --------------------------------------------------------------------------- Approach 2
 
 
+def same_budgets(budgets: Sequence[float], digits: int = 10) -> np.ndarray:
+    """Each budget as its group's label, budgets that differ by float noise in one group: a
+    value rounded to ``digits`` significant digits, and a rounded value within one unit of that
+    digit above its neighbour (noise across a rounding edge) labelled as the neighbour."""
+    b = np.asarray(budgets, dtype=float).reshape(-1)
+    r = np.array([float(f"{v:.{digits - 1}e}") if np.isfinite(v) else v for v in b])
+    label: dict[float, float] = {}
+    start = None
+    for v in np.unique(r[np.isfinite(r)]):
+        if start is None or v - start > abs(start) * 10.0 ** (1 - digits):
+            start = v
+        label[v] = start
+    return np.array([label.get(v, v) for v in r])
+
+
 def isoflop(N: Sequence[float], C: Sequence[float], L: Sequence[float],
             budgets: Sequence[float] | None = None, groups: Sequence | None = None,
             n_boot: int = DEFAULT_BOOT, seed: int = 0, tokens_per_flop=None,
@@ -270,13 +285,14 @@ def isoflop(N: Sequence[float], C: Sequence[float], L: Sequence[float],
     the loss-optimal N; then N_opt ~ C^a (and D_opt = C / (6 N_opt) ~ C^b unless
     ``tokens_per_flop`` is given) fitted across budgets.
 
-    ``budgets`` labels which budget each point belongs to (default: C itself, exact).
+    ``budgets`` labels which budget each point belongs to (default: C itself); budgets that
+    differ by float noise (in the 10th significant digit or below) are one (``same_budgets``).
     Returns {"parabolas": [...], "N_opt": Fit, "D_opt": Fit}. Warnings flag budgets whose
     parabola opens downwards or whose vertex lies outside the sizes trained (an
     extrapolated optimum at the edge of the grid).
     """
     N, C, L = (np.asarray(v, dtype=float).reshape(-1) for v in (N, C, L))
-    bud = C if budgets is None else np.asarray(budgets, dtype=float).reshape(-1)
+    bud = same_budgets(C if budgets is None else budgets)
     grp = np.arange(L.size) if groups is None else np.asarray(groups)
     ubud = np.unique(bud)
 

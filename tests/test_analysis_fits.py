@@ -219,3 +219,32 @@ def test_saturating_intervals_cover():
         f = analysis.fit_saturating(x, y, n_boot=1000, seed=t)
         hits += f.ci["alpha"][0] <= 0.3 <= f.ci["alpha"][1]
     assert 0.85 <= hits / T <= 1.0
+
+
+def test_isoflop_groups_budgets_that_differ_by_float_noise(tmp_path):
+    """fits.md's IsoFLOP table has one row per FLOP budget when the rows' budgets differ by 1e-12
+    relative (the float rounding of C = 6 N D), each parabola through every size of its budget;
+    budgets 1e-7 apart stay two."""
+    import pyarrow.parquet as pq
+
+    from analysis import synthetic
+    from analysis.chinchilla import same_budgets
+    from analysis.fitting import fit_study
+    from analysis.render import format_markdown
+    from analysis.study import Study
+    from varscale.schema import METRICS_SCHEMA, write_rows
+
+    d = synthetic.make_study(tmp_path / "s", depths=(2, 3, 4, 6, 8), budgets=(1e14, 1e15), unit="flops")
+    for part in sorted((d / "cells").glob("d[36]-*/metrics/part-*.parquet")):
+        rows = pq.read_table(part).to_pylist()
+        write_rows(part, [{**r, "budget_flops": r["budget_flops"] * (1 + 1e-12)} for r in rows], METRICS_SCHEMA)
+    study = Study.load(d)
+    assert study.final["budget"].nunique() == 4  # the noise is in the rows: 2 budgets read as 4
+    md = format_markdown(fit_study(study, n_boot=0, chinchilla_boot=0))
+    table = md.split("## IsoFLOP parabolas (L_avg)")[1].split("\n\n")[1].splitlines()[2:]
+    assert [ln.split(" | ")[0] for ln in table] == ["| 1e+14", "| 1e+15"], table
+    assert "fewer than 3 sizes" not in md
+    # the grouping itself: noise across a rounding edge is one budget, 1e-7 apart two
+    b = same_budgets([1e15, 1e15 * (1 + 1e-12), 1e15 * (1 - 1e-12), 1.23456789995e15 * (1 - 1e-12),
+                      1.23456789995e15 * (1 + 1e-12), 1e15 * (1 + 1e-7)])
+    assert b[0] == b[1] == b[2] == 1e15 and b[3] == b[4] and b[5] == 1.0000001e15 and len(set(b)) == 3
