@@ -22,6 +22,7 @@ import pandas as pd
 
 from .chinchilla import hoffmann_grid
 from .predict import fit_predictor, predict
+from .study import Study
 
 METRIC = "test_loss_avg"
 
@@ -68,8 +69,8 @@ def one_study(i: int, seed: int = 0, n_boot: int = 200, starts=None, **kw) -> di
     """Study ``i`` through ``fit_predictor`` and ``predict`` themselves (what the batched
     :func:`calibrate` is checked against)."""
     d = draw_studies(i + 1, seed, **kw)
-    P = fit_predictor(f"<synthetic {i}>", n_boot=n_boot, seed=i, df=study_frame(d["N"], d["D"], d["L"][i]),
-                      use_floor=False, metrics=[METRIC], starts=starts)
+    study = Study.from_evaluations(study_frame(d["N"], d["D"], d["L"][i]), name=f"<synthetic {i}>")
+    P = fit_predictor(study, n_boot=n_boot, seed=i, use_floor=False, metrics=[METRIC], starts=starts)
     tN, tD = d["target"]
     r = predict(P, {"n_params": tN, "tokens": tD}).iloc[0]
     return {"predicted": float(r["predicted"]), "ci": (float(r["ci_lo"]), float(r["ci_hi"])),

@@ -8,13 +8,17 @@ pilot's predicted L_last, L_avg, Err_last, Err_avg with their intervals
 method), so the predictions can be traced to the exact fit they came from. Once a run has
 trained the file is not overwritten (a prediction made after the fact is no prediction).
 
-``varscale fit <study> --check-predictions`` (:func:`check_predictions`) sets every
-finished target run's observed final metrics against the predictions: the signed relative
+``varscale check <study>`` (alias ``varscale fit <study> --check-predictions``;
+:func:`check_predictions`) sets every finished target run's observed final metrics (from the
+target's :class:`~analysis.study.Study`) against the predictions: the signed relative
 error, whether the observation lies in the 95% interval of a new run (``pi``) and of the
 law (``ci``), and per metric the mean absolute and the largest error and the coverage.
 A diagnosis says which term of the law the errors point to: targets that extend the model
 size (N beyond the pilot's) against those that extend only the tokens (D beyond), and a
-common offset (the floor). Writes ``report/predictions-check.{json,md}`` atomically.
+common offset (the floor). With the pilot's Study, its fit hash is computed again: a pilot
+changed since the predictions were written is a note. :func:`write_check` writes
+``report/predictions-check.{json,md}`` atomically. The predictions file is this module's own
+(read and written here); the studies' evaluations come in as Study objects.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ import pandas as pd
 
 from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json, json_problem
 
-from .load import METRICS, final_rows, load
+from .load import METRICS
 from .predict import SHORT, fit_hash
+from .study import Study, as_study
 
 FORMAT = 1
 
@@ -51,7 +56,7 @@ def prediction_record(pred: pd.DataFrame, targets: list[dict], pilot: str, study
     out = {"format": FORMAT, "pilot": str(pilot), "fit_hash": a["fit_hash"], "n_boot": a["n_boot"],
            "seed": a["seed"], "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "study_config_hash": study_hash,
-           "floor": {m: {"E": d["E"], "source": d["source"], "ci": d.get("ci")} for m, d in a["floor"].items()},
+           "floor": {m: {"E": fe.E, "source": fe.source, "ci": fe.ci} for m, fe in a["floor"].items()},
            "fitted_range": {"n_params": list(a["range_N"]), "flops": list(a["range_C"])},
            "notes": list(a.get("notes", [])), "targets": []}
     for t in targets:
@@ -135,12 +140,31 @@ def _diagnose(rows: list[dict], metric: str) -> str:
     return f"{SHORT[metric]}: " + "; ".join(parts) + f" -> {verdict}"
 
 
-def check_predictions(study_dir, pilot_dir: str | None = None) -> dict[str, Any]:
-    """Predicted against observed for every finished target run (see module doc)."""
-    study_dir = Path(study_dir)
+def pilot_location(rec: dict, study_dir, given=None) -> Path | None:
+    """Where the pilot of a predictions record is: ``given``, else the record's ``pilot``
+    (as written, or relative to the target study when that is not found). None: no pilot."""
+    pilot = given or rec.get("pilot")
+    if not pilot:
+        return None
+    pp = Path(pilot)
+    if not given and not pp.is_absolute() and not pp.exists():
+        pp = Path(study_dir) / pilot
+    return pp
+
+
+def check_predictions(study, pilot: Study | None = None, pilot_problem: str | None = None) -> dict[str, Any]:
+    """Predicted against observed for every finished target run (see module doc).
+
+    ``study``: the target (a :class:`Study` or a folder), whose ``predictions.json`` is read;
+    ``pilot``: the pilot (a Study or a folder), whose fit hash is computed again (None: not
+    re-checked, and ``pilot_problem``, a phrase why, becomes a note)."""
+    study = as_study(study)
+    pilot = None if pilot is None else as_study(pilot)
+    study_dir = study.root
+    if study_dir is None:
+        raise CheckError(f"{study.name}: a table of evaluations has no predictions file; give the study folder")
     rec = read_predictions(study_dir)
-    df = load(study_dir)
-    fr = final_rows(df) if len(df) else df
+    fr = study.final
     obs = {r["run_id"]: r for r in fr.to_dict("records")} if len(fr) else {}
     rows = []
     for t in rec["targets"]:
@@ -172,20 +196,17 @@ def check_predictions(study_dir, pilot_dir: str | None = None) -> dict[str, Any]
            "written": rec.get("written"), "targets": len(rec["targets"]),
            "finished": len({x["run_id"] for x in rows if x["observed"] is not None}),
            "rows": rows, "summary": summary, "notes": []}
-    pilot = pilot_dir or rec.get("pilot")
-    if pilot:
-        pp = Path(pilot)
-        if not pp.is_absolute() and not pp.exists():
-            pp = study_dir / pilot
-        try:
-            pdf = load(pp)
-            now = fit_hash(final_rows(pdf), int(rec.get("n_boot", 0)), int(rec.get("seed", 0)))
-            out["pilot_fit_hash_now"] = now
-            if now != rec.get("fit_hash"):
-                out["notes"].append(f"the pilot {pilot} has changed since the predictions were written "
-                                    f"(fit {rec.get('fit_hash')} then, {now} now)")
-        except Exception as e:  # noqa: BLE001 - the pilot may live elsewhere; the check does not need it
-            out["notes"].append(f"pilot {pilot} not readable here ({type(e).__name__}): its fit hash is not re-checked")
+    name = rec.get("pilot") or (None if pilot is None else str(pilot.root or pilot.name))
+    if pilot is not None and not len(pilot.final):
+        pilot, pilot_problem = None, "no finished runs"
+    if pilot is not None:
+        now = fit_hash(pilot.final, int(rec.get("n_boot", 0)), int(rec.get("seed", 0)))
+        out["pilot_fit_hash_now"] = now
+        if now != rec.get("fit_hash"):
+            out["notes"].append(f"the pilot {name} has changed since the predictions were written "
+                                f"(fit {rec.get('fit_hash')} then, {now} now)")
+    elif pilot_problem and name:
+        out["notes"].append(f"pilot {name} not readable here ({pilot_problem}): its fit hash is not re-checked")
     if out["finished"] < out["targets"]:
         out["notes"].append(f"{out['targets'] - out['finished']} of {out['targets']} target run(s) not finished yet")
     return out

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
-from scipy.optimize import minimize
 
 from .bootstrap import DEFAULT_BOOT, Fit, attach_ci, run_weights
 from .optim import minimize_batched
@@ -184,6 +183,8 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
     def fg1(th):
         f, g = _objective(th[None], logN, logD, logL, None, delta)
         return float(f[0]), g[0]
+
+    from scipy.optimize import minimize  # here: importing analysis needs no scipy
 
     # the grid only has to find the basin: the best five starts are polished below
     _, _, _, grid = approach3(N, D, L, starts=starts, delta=delta, maxiter=200, ftol=1e-9)

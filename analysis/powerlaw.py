@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.optimize import minimize
 
 from .bootstrap import DEFAULT_BOOT, Fit, attach_ci, run_weights
 from .optim import minimize_batched
@@ -145,6 +144,8 @@ def fit_saturating(x: Sequence[float], y: Sequence[float], groups: Sequence | No
     one = np.ones((1, x.size))
     # starts only need to find the basin (E -> 0 drifts forever): scipy polishes the best
     res = minimize_batched(lambda th, rows: _sat_objective(th, lx, ly, one), S, maxiter=300, ftol=1e-10)
+    from scipy.optimize import minimize  # here: importing analysis needs no scipy
+
     i = int(np.nanargmin(np.where(np.isfinite(res.f), res.f, np.inf)))
 
     def fg1(th):

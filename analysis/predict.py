@@ -1,8 +1,8 @@
 """Predictions for runs a study has not trained: losses and error rates at a model size N and
-a token count D (or a compute C), and the compute-optimal allocation of a FLOP budget.
+a token count D (or a compute C).
 
 The laws, fitted once per study by :func:`fit_predictor` on every finished run's final
-evaluation (``final_rows``: for a warmup-stable-decay study, the annealed branches):
+evaluation (``Study.final``: for a warmup-stable-decay study, the annealed branches):
 
 - **Approach 3 over N and D** (``analysis.chinchilla``), L = E + A/N^alpha + B/D^beta, one
   fit per metric (L_last, L_avg, Err_last, Err_avg). This is what a target (N, D) is
@@ -20,15 +20,17 @@ is inside every interval. Two intervals per value:
   covers the noise-free truth of a synthetic study (``tests/test_predict.py`` calibrates it).
 - ``pi``: where one new run would land: each resample's prediction times one of the full
   fit's log residuals drawn at random (a run's own scatter about the law). This is the one
-  an observed held-out run is judged by (``varscale fit --check-predictions``).
+  an observed held-out run is judged by (``varscale check``, analysis/check.py).
 
 The floor used for the reducible values is the report's (``analysis.headline.choose_floors``:
 token entropy where it lies below every loss, else Approach 3's E). A target more than 10x
 beyond the fitted range in N or in C gets a warning. ``fit_hash`` identifies the data and
 settings a predictor came from, so predictions written before a run can be traced to it.
 
-Nothing here writes files; ``varscale predict`` / ``allocate`` / ``plan --predict-from`` and
-``varscale fit --check-predictions`` (analysis/check.py) print and write.
+Takes a :class:`~analysis.study.Study` (or what ``as_study`` reads) and opens no file;
+``analysis.predictor_cache`` keeps a fitted predictor in the study's report folder,
+``analysis.allocate`` splits a FLOP budget between N and D, and ``varscale predict`` /
+``allocate`` / ``plan --predict-from`` / ``check`` print and write.
 """
 from __future__ import annotations
 
@@ -36,7 +38,6 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,12 +46,17 @@ import pandas as pd
 from . import headline as H
 from .bootstrap import CI_LEVEL, DEFAULT_BOOT, Fit, StudyResample, percentile_ci
 from .chinchilla import fit_chinchilla
+from .fitting import warning_notes
 from .frontier import pareto_mask
-from .load import LOSSES, METRICS, final_rows, floors, load, usable_floors
+from .load import LOSSES, METRICS
+from .results import FloorEntry
+from .study import Study, as_study
 
 SHORT = H.SHORT
 EXTRAPOLATION_WARN = 10.0  # a target beyond 10x the fitted range in N or C is flagged
 PREDICT_VERSION = 1  # enters fit_hash: a change of method changes the hash
+# the columns of the finished runs a predictor keeps (Predictor.runs), those present
+RUN_COLUMNS = ("run_id", "depth", "n_params", "tokens_seen", "flops", *METRICS)
 
 
 class PredictError(ValueError):
@@ -64,9 +70,9 @@ class Predictor:
     study: str
     n_boot: int
     seed: int
-    runs: pd.DataFrame  # the finished runs' final rows the laws were fitted on
+    runs: pd.DataFrame  # the finished runs the laws were fitted on (RUN_COLUMNS), by run_id
     chin: dict[str, Fit]  # Approach 3 per metric
-    floor: dict[str, dict]  # the report's floor per loss (E, source, ...), no samples
+    floor: dict[str, FloorEntry]  # the report's floor per loss
     E_samples: dict[str, np.ndarray | None]  # the floor per resample (None: a fixed number)
     resid: dict[str, np.ndarray]  # log residuals of each Approach-3 fit
     frontier: dict[str, dict]  # per metric: slope, intercept (log-log) and their samples
@@ -92,16 +98,21 @@ class Predictor:
             boot = s[:, :1] + s[:, 1:2] / N[None] ** s[:, 3:4] + s[:, 2:3] / D[None] ** s[:, 4:5]
         return point, boot
 
+    def floor_rows(self, m: str) -> np.ndarray:
+        """(R,) the floor of metric m per resample (0 without a floor)."""
+        fl = self.floor.get(m)
+        return H._E_rows(None if fl is None else fl.E, self.E_samples.get(m), self.n_boot)
+
     def frontier_law(self, m: str, C) -> tuple[np.ndarray, np.ndarray]:
         """The frontier law's point (T,) and resampled (R, T) values of metric m at C."""
         fr = self.frontier.get(m)
         C = np.asarray(C, float)
         if not fr:
             return np.full(C.shape, np.nan), np.full((self.n_boot, C.size), np.nan)
-        E = self.floor[m]["E"] if m in self.floor else 0.0
+        E = self.floor[m].E if m in self.floor else 0.0
         lc = np.log(C)
         point = E + np.exp(fr["b"] + fr["slope"] * lc)
-        Eb = H._E_rows(E if m in self.floor else None, self.E_samples.get(m), self.n_boot)
+        Eb = self.floor_rows(m)
         with np.errstate(all="ignore"):
             boot = Eb[:, None] + np.exp(fr["b_s"][:, None] + fr["slope_s"][:, None] * lc[None])
         return point, boot
@@ -130,6 +141,33 @@ def fit_hash(runs: pd.DataFrame, n_boot: int, seed: int) -> str:
     return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def fitted_runs(study: Study) -> pd.DataFrame:
+    """The finished runs a predictor is fitted on: their final rows (``RUN_COLUMNS``) by
+    run_id. Raises :class:`PredictError` when Approach 3 cannot be fitted on them."""
+    fr = study.final
+    if len(fr) < 6 or fr["n_params"].nunique() < 2 or fr["tokens_seen"].nunique() < 2:
+        raise PredictError(f"{_name(study)}: predictions need >= 6 finished runs with both the model size and "
+                           f"the token count varying (Approach 3); it has {len(fr)} finished run(s)")
+    fr = fr[[c for c in RUN_COLUMNS if c in fr]].sort_values("run_id").reset_index(drop=True)
+    fr.attrs = {}
+    return fr
+
+
+def entropy_floors(study: Study, use_floor: bool = True) -> dict[str, float]:
+    """The token-entropy floors the predictor may use: those below every loss (quietly: a
+    floor that is none is the floor's description, not a note)."""
+    if not use_floor:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ent = study.usable_entropy()
+    return {m: float(ent[m]) for m in LOSSES if m in ent}
+
+
+def _name(study: Study) -> str:
+    return str(study.root) if study.root is not None else study.name
+
+
 def _frontier_fit(x, y, ids, boot: StudyResample, E: float | None, Es) -> dict:
     """log(y - E) on log C over the Pareto frontier of the finished runs, and per resample."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -156,35 +194,27 @@ def _frontier_fit(x, y, ids, boot: StudyResample, E: float | None, Es) -> dict:
     return {"slope": slope, "b": b, "slope_s": ss, "b_s": bs, "n": int(m.sum())}
 
 
-def fit_predictor(study_dir, n_boot: int = DEFAULT_BOOT, seed: int = 0, df: pd.DataFrame | None = None,
-                  use_floor: bool = True, metrics: Sequence[str] = METRICS,
-                  starts: np.ndarray | None = None) -> Predictor:
+def fit_predictor(study, n_boot: int = DEFAULT_BOOT, seed: int = 0, use_floor: bool = True,
+                  metrics: Sequence[str] = METRICS, starts: np.ndarray | None = None) -> Predictor:
     """Fit every law a prediction needs on a study's finished runs (see module doc).
 
-    ``df``: the study's evaluations when already loaded (``analysis.load.load``);
-    ``metrics``: the metrics to fit (all four by default); ``starts``: Approach 3's starts
-    (default Hoffmann's 4,500-point grid; the calibration uses a subset).
+    ``study``: a :class:`~analysis.study.Study`, a study folder or a table of evaluations
+    (``as_study``); ``metrics``: the metrics to fit (all four by default); ``starts``:
+    Approach 3's starts (default Hoffmann's 4,500-point grid; the calibration uses a subset).
     Raises :class:`PredictError` (one sentence) when the study has too few finished runs.
     """
+    study = as_study(study)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        P = _fit_predictor(Path(study_dir), n_boot, seed, df, use_floor, tuple(metrics), starts)
-    from .report import _warning_notes
-
-    P.notes += _warning_notes(caught)
+        P = _fit_predictor(study, n_boot, seed, use_floor, tuple(metrics), starts)
+    P.notes += warning_notes(caught) + list(study.damaged)
     return P
 
 
-def _fit_predictor(study_dir: Path, n_boot: int, seed: int, df, use_floor: bool, metrics, starts) -> Predictor:
-    if df is None:
-        df = load(study_dir)
-    fr = final_rows(df) if len(df) else df
-    if len(fr) < 6 or fr["n_params"].nunique() < 2 or fr["tokens_seen"].nunique() < 2:
-        raise PredictError(f"{study_dir}: predictions need >= 6 finished runs with both the model size and "
-                           f"the token count varying (Approach 3); it has {len(fr)} finished run(s)")
+def _fit_predictor(study: Study, n_boot: int, seed: int, use_floor: bool, metrics, starts) -> Predictor:
+    fr = fitted_runs(study)
     if n_boot < 20:
         raise PredictError(f"n_boot {n_boot}: intervals need at least 20 resamples")
-    fr = fr.sort_values("run_id").reset_index(drop=True)
     boot = StudyResample(fr["run_id"], n_boot, seed)
     W = boot.weights(fr["run_id"])
     chin: dict[str, Fit] = {}
@@ -193,18 +223,16 @@ def _fit_predictor(study_dir: Path, n_boot: int, seed: int, df, use_floor: bool,
         f = fit_chinchilla(fr["n_params"], fr["tokens_seen"], fr[m], groups=fr["run_id"], metric=m,
                            group="final evaluations", weights=W, starts=starts)
         if not np.isfinite(f.params.get("E", np.nan)) or not f.samples:
-            raise PredictError(f"{study_dir}: Approach 3 did not fit {m}")
+            raise PredictError(f"{_name(study)}: Approach 3 did not fit {m}")
         chin[m] = f
         with np.errstate(all="ignore"):
             resid[m] = np.log(fr[m].to_numpy(float)) - np.log(f.predict(fr["n_params"], fr["tokens_seen"]))
         resid[m] = resid[m][np.isfinite(resid[m])]
-    ent = usable_floors(floors(study_dir), df) if use_floor else {}
-    floor = H.choose_floors(ent, {m: chin[m] for m in LOSSES if m in chin}, fr,
-                            rule="auto" if use_floor else "none")
-    E_samples = {m: d.pop("samples", None) for m, d in floor.items()}
+    floor, E_samples = H.choose_floors(entropy_floors(study, use_floor), {m: chin[m] for m in LOSSES if m in chin},
+                                       fr, rule="auto" if use_floor else "none")
     front = {}
     for m in metrics:
-        E = floor[m]["E"] if m in floor else None
+        E = floor[m].E if m in floor else None
         front[m] = _frontier_fit(fr["flops"], fr[m], fr["run_id"], boot, E, E_samples.get(m))
     with np.errstate(all="ignore"):
         k = np.nanmedian(fr["flops"].to_numpy(float) / (fr["n_params"].to_numpy(float)
@@ -212,7 +240,7 @@ def _fit_predictor(study_dir: Path, n_boot: int, seed: int, df, use_floor: bool,
     notes = []
     for m in metrics:
         notes += [f"Approach 3 on {SHORT[m]}: {w}" for w in chin[m].warnings]
-    return Predictor(study=str(study_dir), n_boot=n_boot, seed=seed, runs=fr, chin=chin, floor=floor,
+    return Predictor(study=_name(study), n_boot=n_boot, seed=seed, runs=fr, chin=chin, floor=floor,
                      E_samples=E_samples, resid=resid, frontier=front, k_flops=float(k),
                      range_N=(float(fr["n_params"].min()), float(fr["n_params"].max())),
                      range_C=(float(fr["flops"].min()), float(fr["flops"].max())),
@@ -257,14 +285,14 @@ def _label(r) -> str:
 
 def predict(study: Any, targets: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0,
             metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Predicted metrics at ``targets`` (see :func:`targets_frame`) from a study folder or a
-    :class:`Predictor`: one row per (target, metric) with
+    """Predicted metrics at ``targets`` (see :func:`targets_frame`) from a :class:`Predictor`
+    or a study (fitted here: a Study, a folder or a table): one row per (target, metric) with
 
     ``predicted``, ``ci_lo``/``ci_hi`` (the law's 95% interval), ``pi_lo``/``pi_hi`` (one
     new run's), ``law`` ("approach3"), ``floor`` and ``reducible`` (+ interval) for losses
     with a floor, ``frontier`` (+ interval: the frontier law at the target's C),
     ``x_N``/``x_C`` (the target over the largest fitted N / C) and ``warning``.
-    ``df.attrs`` holds the predictor's fit_hash, floors and notes.
+    ``df.attrs`` holds the predictor's fit_hash, floors (``FloorEntry`` per loss) and notes.
     """
     P = study if isinstance(study, Predictor) else fit_predictor(study, n_boot=n_boot, seed=seed)
     metrics = list(P.chin) if metrics is None else list(metrics)
@@ -291,15 +319,15 @@ def predict(study: Any, targets: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0,
         flo, fhi = percentile_ci(fboot) if np.isfinite(fboot).any() else (np.full(len(t), np.nan),) * 2
         has_floor = m in P.floor
         if has_floor:
-            Eb = H._E_rows(P.floor[m]["E"], P.E_samples.get(m), P.n_boot)
-            rlo, rhi = percentile_ci(boot - Eb[:, None])
+            E = P.floor[m].E
+            rlo, rhi = percentile_ci(boot - P.floor_rows(m)[:, None])
         for i in range(len(t)):
             row = {"target": t["label"][i], "depth": t["depth"][i], "n_params": N[i], "tokens": D[i],
                    "flops": C[i], "metric": m, "short": SHORT[m], "law": "approach3",
                    "predicted": float(point[i]), "ci_lo": float(lo[i]), "ci_hi": float(hi[i]),
                    "pi_lo": float(plo[i]), "pi_hi": float(phi[i]),
-                   "floor": P.floor[m]["E"] if has_floor else np.nan,
-                   "reducible": float(point[i] - P.floor[m]["E"]) if has_floor else np.nan,
+                   "floor": E if has_floor else np.nan,
+                   "reducible": float(point[i] - E) if has_floor else np.nan,
                    "reducible_lo": float(rlo[i]) if has_floor else np.nan,
                    "reducible_hi": float(rhi[i]) if has_floor else np.nan,
                    "frontier": float(fpt[i]), "frontier_lo": float(flo[i]), "frontier_hi": float(fhi[i]),
@@ -307,75 +335,7 @@ def predict(study: Any, targets: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0,
             rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs.update({"fit_hash": P.fit_hash, "study": P.study, "n_boot": P.n_boot, "seed": P.seed,
-                      "floor": {m: {k: v for k, v in d.items()} for m, d in P.floor.items()},
+                      "floor": dict(P.floor),
                       "notes": list(P.notes), "range_N": P.range_N, "range_C": P.range_C,
                       "k_flops": P.k_flops})
     return out
-
-
-# --------------------------------------------------------------------------- allocation
-
-
-def optimal_allocation(P: Predictor, C: float, metric: str = "test_loss_avg") -> dict[str, Any]:
-    """Compute-optimal N and D at compute C (continuous) from Approach 3 on ``metric``:
-    minimise E + A/N^alpha + B/D^beta on C = k N D (k the study's FLOPs per parameter-token),
-    N_opt = G (C/k)^a, D_opt = (C/k)^b / G, G = (alpha A / (beta B))^(1/(alpha+beta)),
-    a = beta/(alpha+beta), b = alpha/(alpha+beta); point and 95% interval over the resamples."""
-    s = np.stack([P.chin[metric].params[k] for k in ("E", "A", "B", "alpha", "beta")])[None]
-    s = np.concatenate([s, P._chin_samples(metric)], 0)
-    E, A, B, al, be = s.T
-    with np.errstate(all="ignore"):
-        G = (al * A / (be * B)) ** (1 / (al + be))
-        a, b = be / (al + be), al / (al + be)
-        X = C / P.k_flops
-        No = G * X ** a
-        Do = X ** b / G
-        Lo = E + A / No ** al + B / Do ** be
-    out: dict[str, Any] = {"flops": float(C), "metric": metric, "k_flops": P.k_flops}
-    for name, v in (("N_opt", No), ("D_opt", Do), ("loss_opt", Lo), ("a", a), ("b", b)):
-        ok = np.isfinite(v[1:])
-        ci = percentile_ci(v[1:][ok][:, None], CI_LEVEL) if ok.any() else (np.array([np.nan]),) * 2
-        out[name] = float(v[0])
-        out[name + "_ci"] = [float(ci[0][0]), float(ci[1][0])]
-    return out
-
-
-def allocate(study: Any, C: float, family: pd.DataFrame | None = None, metric: str = "test_loss_avg",
-             n_boot: int = DEFAULT_BOOT, seed: int = 0, neighbours: int = 1) -> dict[str, Any]:
-    """The compute-optimal allocation of C: the continuous optimum (:func:`optimal_allocation`)
-    and, over a model family (rows of depth, n_params, flops_per_token; default: the depths
-    the study trained), the depth whose predicted ``metric`` at D = C / flops_per_token is
-    lowest, with ``neighbours`` depths on either side and their predictions (how flat the
-    optimum is). Returns {"continuous": {...}, "depths": DataFrame-as-records, "best": depth}."""
-    P = study if isinstance(study, Predictor) else fit_predictor(study, n_boot=n_boot, seed=seed)
-    if not (C > 0):
-        raise PredictError(f"--flops {C}: a compute budget must be > 0")
-    fam = family_of(P) if family is None else family.sort_values("depth").reset_index(drop=True)
-    tg = pd.DataFrame({"depth": fam["depth"], "n_params": fam["n_params"].astype(float),
-                       "tokens": C / fam["flops_per_token"].astype(float), "flops": float(C)})
-    allp = predict(P, tg)
-    pr = allp[allp["metric"] == metric].reset_index(drop=True)
-    best_i = int(np.nanargmin(pr["predicted"].to_numpy(float)))
-    lo, hi = max(0, best_i - neighbours), min(len(pr), best_i + neighbours + 1)
-    depths = []
-    for i in range(lo, hi):
-        r = pr.iloc[i]
-        each = allp[allp["target"] == r["target"]]
-        depths.append({"depth": int(fam["depth"][i]), "n_params": float(r["n_params"]), "tokens": float(r["tokens"]),
-                       "steps": (float(r["tokens"]) / float(fam["tokens_per_step"][i])
-                                 if "tokens_per_step" in fam and pd.notna(fam["tokens_per_step"][i]) else None),
-                       "predicted": float(r["predicted"]), "ci": [float(r["ci_lo"]), float(r["ci_hi"])],
-                       "metrics": {e["short"]: {"predicted": float(e["predicted"]), "ci": [float(e["ci_lo"]), float(e["ci_hi"])]}
-                                   for _, e in each.iterrows()},
-                       "best": i == best_i, "warning": r["warning"]})
-    return {"continuous": optimal_allocation(P, C, metric), "depths": depths,
-            "best": int(fam["depth"][best_i]), "metric": metric, "fit_hash": P.fit_hash,
-            "edge": best_i in (0, len(pr) - 1)}
-
-
-def family_of(P: Predictor) -> pd.DataFrame:
-    """The depths a study trained: depth, n_params, flops_per_token (from its runs)."""
-    r = P.runs
-    return pd.DataFrame({"n_params": r.groupby("depth")["n_params"].first(),
-                         "flops_per_token": (r["flops"] / r["tokens_seen"]).groupby(r["depth"]).median()}
-                        ).reset_index().sort_values("depth").reset_index(drop=True)

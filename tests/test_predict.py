@@ -1,6 +1,7 @@
-"""Predictions from a study's laws: analysis.predict, varscale predict / allocate,
-plan --predict-from and fit --check-predictions on a tiny synthetic ladder and target, and
-the calibration of the intervals on 200 synthetic studies with known laws."""
+"""Predictions from a study's laws: analysis.predict, the predictor kept in the report
+folder, varscale predict / allocate, plan --predict-from and varscale check (alias fit
+--check-predictions) on a tiny synthetic ladder and target, and the calibration of the
+intervals on 200 synthetic studies with known laws."""
 from __future__ import annotations
 
 import json
@@ -12,9 +13,14 @@ import pandas as pd
 import pytest
 
 from analysis import calibrate as CAL
+from analysis import predictor_cache as PC
+from analysis.allocate import allocate
 from analysis.check import check_predictions, format_check, prediction_record, write_predictions
-from analysis.predict import PredictError, allocate, fit_hash, fit_predictor, predict
+from analysis.predict import PredictError, fit_hash, fit_predictor, predict
+from analysis.results import FloorEntry
+from analysis.study import Study
 from analysis.synthetic import SyntheticLaw, make_study, n_params_of
+from varscale.schema import METRICS_SCHEMA, StudyLayout, read_parts, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 LAW = SyntheticLaw()
@@ -31,7 +37,7 @@ def pilot(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def P(pilot):
-    return fit_predictor(pilot, n_boot=NB)
+    return fit_predictor(Study.load(pilot), n_boot=NB)
 
 
 def test_predict_frame_intervals_and_warnings(P):
@@ -51,6 +57,8 @@ def test_predict_frame_intervals_and_warnings(P):
     # the floor (token entropy of the synthetic cache) gives the reducible loss
     assert np.isclose(avg["reducible"], avg["predicted"] - avg["floor"])
     assert df.attrs["fit_hash"] == P.fit_hash
+    fl = df.attrs["floor"]["test_loss_avg"]
+    assert isinstance(fl, FloorEntry) and fl.source == "token entropy" and fl.E == avg["floor"]
 
 
 def test_targets_need_a_size_and_a_budget(P):
@@ -89,7 +97,93 @@ def test_allocate_matches_the_known_law(P):
 def test_too_few_runs_is_one_sentence(tmp_path):
     d = make_study(tmp_path / "small", depths=(2, 3), budgets=(1e8,))
     with pytest.raises(PredictError, match=">= 6 finished runs"):
-        fit_predictor(d, n_boot=NB)
+        fit_predictor(d, n_boot=NB)  # a folder is read as a Study
+    with pytest.raises(PredictError, match=">= 6 finished runs"):
+        PC.cached_predictor(Study.load(d), n_boot=NB)
+    assert not StudyLayout.of(d).predictor_caches()
+
+
+# --------------------------------------------------------------------------- the kept predictor
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How often analysis.predictor_cache fits a predictor."""
+    calls = []
+    real = PC.fit_predictor
+
+    def fit(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(PC, "fit_predictor", fit)
+    return calls
+
+
+TARGETS = [{"n_params": 1e7, "tokens": 2e9, "depth": 12}, {"n_params": 3e6, "flops": 1e17}]
+
+
+def test_kept_predictor_answers_without_refitting(tmp_path, counted):
+    # token entropies above the losses: the floor is Approach 3's E, refitted per resample
+    d = make_study(tmp_path / "s", depths=(2, 3, 4, 6), budgets=(1e8, 1e9), law=LAW, entropy_shift=2.0)
+    P1 = PC.cached_predictor(Study.load(d), n_boot=NB)
+    files = StudyLayout.of(d).predictor_caches()
+    assert len(counted) == 1 and len(files) == 1 and files[0].name.startswith("predictor-")
+    assert P1.floor["test_loss_avg"].source == "chinchilla" and P1.E_samples["test_loss_avg"] is not None
+    P2 = PC.cached_predictor(Study.load(d), n_boot=NB)
+    assert len(counted) == 1  # read, not fitted
+    a, b = predict(P1, TARGETS), predict(P2, TARGETS)
+    pd.testing.assert_frame_equal(a, b)
+    assert a.attrs == b.attrs and P2.fit_hash == P1.fit_hash and P2.notes == P1.notes
+    pd.testing.assert_frame_equal(P1.runs, P2.runs)
+    assert allocate(P1, 1e17) == allocate(P2, 1e17)
+    # other settings are another file
+    PC.cached_predictor(Study.load(d), n_boot=NB, metrics=["test_loss_avg"])
+    assert len(counted) == 2 and len(StudyLayout.of(d).predictor_caches()) == 2
+
+
+def test_a_changed_study_refits(tmp_path, counted):
+    d = make_study(tmp_path / "s", depths=(2, 3, 4, 6), budgets=(1e8, 1e9), law=LAW)
+    kw = dict(n_boot=NB, metrics=["test_loss_avg"])
+    P1 = PC.cached_predictor(Study.load(d), **kw)
+    # one run's final evaluation is written again with another L_avg
+    lay = StudyLayout.of(d)
+    part = sorted(lay.cell(sorted(P1.runs["run_id"])[0]).metrics_dir.glob("part-*.parquet"))[-1]
+    rows = read_parts([part]).to_pylist()
+    rows[0]["test_loss_avg"] *= 1.01
+    write_rows(part, rows, METRICS_SCHEMA)
+    P2 = PC.cached_predictor(Study.load(d), **kw)
+    assert len(counted) == 2 and P2.fit_hash != P1.fit_hash
+    assert len(lay.predictor_caches()) == 2
+    rows[0]["test_loss_avg"] /= 1.01  # back as it was: the first file answers
+    write_rows(part, rows, METRICS_SCHEMA)
+    P3 = PC.cached_predictor(Study.load(d), **kw)
+    assert len(counted) == 2 and P3.fit_hash == P1.fit_hash
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "other key"])
+def test_a_damaged_kept_predictor_refits(tmp_path, counted, damage):
+    d = make_study(tmp_path / "s", depths=(2, 3, 4, 6), budgets=(1e8, 1e9), law=LAW)
+    kw = dict(n_boot=NB, metrics=["test_loss_avg"])
+    P1 = PC.cached_predictor(Study.load(d), **kw)
+    (f,) = StudyLayout.of(d).predictor_caches()
+    good = f.read_bytes()
+    key = f.stem.split("-", 1)[1]
+    if damage == "truncated":
+        f.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        f.write_bytes(good[:100] + bytes(200) + good[300:])
+    elif damage == "empty":
+        f.write_bytes(b"")
+    else:  # a whole file written under another key
+        f.write_bytes(PC.encode(P1, "0" * 16))
+    damaged = f.read_bytes()
+    assert PC.read_predictor(f, key) is None
+    P2 = PC.cached_predictor(Study.load(d), **kw)
+    assert len(counted) == 2  # fitted again ...
+    assert f.read_bytes() != damaged  # ... and written over
+    assert PC.read_predictor(f, key) is not None
+    pd.testing.assert_frame_equal(predict(P1, TARGETS), predict(P2, TARGETS))
 
 
 # --------------------------------------------------------------------------- command line
@@ -172,20 +266,42 @@ def test_check_predictions_on_a_held_out_target(P, pilot, tmp_path, capsys):
     pred = predict(P, [{**t, "label": t["run_id"]} for t in targets])
     written, _ = write_predictions(tgt, prediction_record(pred, targets, str(pilot), "x"))
     assert written
-    c = check_predictions(tgt)
+    c = check_predictions(Study.load(tgt), Study.load(pilot))
     assert c["finished"] == 2 and c["notes"] == []  # the pilot is unchanged: same fit hash
+    assert c["pilot_fit_hash_now"] == P.fit_hash
     s = c["summary"]["test_loss_avg"]
     assert s["n"] == 2 and s["max_abs_err"] < 0.03
     assert "L_avg" in format_check(c)
-    rc, out, _ = _cli(["fit", str(tgt), "--check-predictions"], capsys)
+    rc, out, _ = _cli(["check", str(tgt)], capsys)
     assert rc == 0 and "predictions-check.md" in out and (tgt / "report/predictions-check.json").exists()
+    assert out.startswith(f"predictions for {tgt} from {pilot}") and "- note:" not in out
+    js = (tgt / "report/predictions-check.json").read_text()
+    # the alias prints and writes the same
+    rc, out2, _ = _cli(["fit", str(tgt), "--check-predictions"], capsys)
+    assert rc == 0 and out2 == out and (tgt / "report/predictions-check.json").read_text() == js
+    rc, out, _ = _cli(["check", str(tgt), "--quiet"], capsys)
+    assert rc == 0 and out.startswith("wrote ")
+    # a pilot that moved: named with --pilot; one that is gone: a note, no re-check
+    moved = tmp_path / "moved"
+    shutil.copytree(pilot, moved, ignore=shutil.ignore_patterns("report"))
+    rc, out, _ = _cli(["check", str(tgt), "--pilot", str(moved)], capsys)
+    assert rc == 0 and "- note:" not in out
+    rec = json.loads((tgt / "predictions.json").read_text())
+    (tgt / "predictions.json").write_text(json.dumps({**rec, "pilot": str(tmp_path / "gone")}))
+    rc, out, _ = _cli(["check", str(tgt)], capsys)
+    assert rc == 0 and "its fit hash is not re-checked" in out
+    rc, _, err = _cli(["check", str(tgt), "--pilot", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2 and "no study folder" in err and len(err.strip().splitlines()) == 1
 
 
 def test_check_predictions_without_a_file(tmp_path, capsys):
     d = make_study(tmp_path / "none", depths=(2, 3), budgets=(1e8,))
     shutil.copy(ROOT / "runs/default/study.yaml", d / "study.yaml")
-    rc, _, err = _cli(["fit", str(d), "--check-predictions"], capsys)
-    assert rc == 2 and "--predict-from" in err and len(err.strip().splitlines()) == 1
+    for argv in (["check", str(d)], ["fit", str(d), "--check-predictions"]):
+        rc, _, err = _cli(argv, capsys)
+        assert rc == 2 and "--predict-from" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = _cli(["check", str(tmp_path / "nope")], capsys)
+    assert rc == 2 and "no study folder" in err
 
 
 # --------------------------------------------------------------------------- calibration

@@ -216,9 +216,18 @@ class StudyLayout:
     report_dir = property(lambda self: self.root / "report")
     fits_json = property(lambda self: self.report_dir / "fits.json")
     fits_md = property(lambda self: self.report_dir / "fits.md")
-    # predicted against observed (`fit --check-predictions`)
+    # predicted against observed (`varscale check`, alias `fit --check-predictions`)
     check_json = property(lambda self: self.report_dir / "predictions-check.json")
     check_md = property(lambda self: self.report_dir / "predictions-check.md")
+    PREDICTOR_GLOB = "predictor-*.npz"
+
+    def predictor_cache(self, key: str) -> Path:
+        """A fitted predictor (``analysis.predictor_cache``), named by the key of what it was
+        fitted on and how: ``varscale predict`` / ``allocate`` read it instead of refitting."""
+        return self.report_dir / f"predictor-{key}.npz"
+
+    def predictor_caches(self) -> list[Path]:
+        return sorted(self.report_dir.glob(self.PREDICTOR_GLOB)) if self.report_dir.is_dir() else []
 
     def stage_log(self, stage: str) -> Path:
         """What ``varscale run``'s fit / figures stage printed."""

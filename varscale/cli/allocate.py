@@ -1,5 +1,5 @@
 """``varscale allocate <study> --flops C``: the compute-optimal model size and token count
-for a FLOP budget, from the study's Approach-3 law (``analysis.predict.allocate``).
+for a FLOP budget, from the study's Approach-3 law (``analysis.allocate.allocate``).
 
 Prints, per budget, the continuous optimum (N_opt, D_opt and the loss there, each with its
 95% interval over resamples of the study's runs; C = k N D with k the study's FLOPs per
@@ -8,7 +8,9 @@ depths 1..``--max-depth``): its parameters, tokens, steps and predicted metric, 
 neighbours', so the flatness of the optimum shows. ``--check-frontier`` checks the law
 against the grid itself: for the compute of each annealed-frontier point (the final
 evaluations on the compute frontier), the depth allocate recommends among the study's own
-depths against the depth that point was trained at. Reads the study's metrics; writes nothing.
+depths against the depth that point was trained at. Reads the study's metrics; the fitted
+laws are kept in ``report/predictor-<key>.npz`` (as ``varscale predict``'s), so a second call
+on an unchanged study does not fit again.
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ def frontier_check(P, metric: str, family) -> list[dict]:
     depth against the depth allocate recommends among the study's depths at its compute."""
     import numpy as np
 
+    from analysis.allocate import allocate
     from analysis.frontier import pareto_mask
-    from analysis.predict import allocate
 
     r = P.runs
     m = pareto_mask(r["flops"].to_numpy(float), r[metric].to_numpy(float))
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     C.positive("--max-depth", a.max_depth)
     C.positive("--neighbours", a.neighbours, allow_zero=True)
     cfg, P = study_and_predictor(a.study_dir, a.n_boot, a.seed)
-    from analysis.predict import allocate
+    from analysis.allocate import allocate
 
     from varscale.models.family import model_family
 

@@ -9,7 +9,8 @@ parameters and FLOPs per token from the model's shapes); ``--params`` with ``--f
 converts with the study's FLOPs per parameter-token. Prints, per target and metric, the
 Approach-3 prediction with the 95% interval of the law and of one new run, the reducible
 loss over the study's floor, and the frontier law at the target's compute; ``--json`` prints
-the same as JSON. Reads the study's metrics; writes nothing.
+the same as JSON. Reads the study's metrics; the fitted laws are kept in
+``report/predictor-<key>.npz``, so a second call on an unchanged study does not fit again.
 """
 from __future__ import annotations
 
@@ -54,16 +55,23 @@ def build_parser():
     return ap
 
 
-def study_and_predictor(study: str, n_boot: int, seed: int):
-    """The study's config and its fitted :class:`analysis.predict.Predictor`; one sentence
-    (UsageError) when the study cannot predict."""
-    from analysis.predict import PredictError, fit_predictor
+def study_and_predictor(study: str, n_boot: int, seed: int, cfg=None):
+    """The study's config and its :class:`analysis.predict.Predictor`: the study read once
+    (``Study.load``), the predictor from its report folder when fitted before on the same
+    runs and settings, else fitted and kept there (``analysis.predictor_cache``); one
+    sentence (UsageError) when the study cannot predict."""
+    from analysis.load import SayDamagedParts
+    from analysis.predict import PredictError
+    from analysis.predictor_cache import cached_predictor
+    from analysis.study import Study
 
-    cfg = C.load_study(study)
+    cfg = C.load_study(study) if cfg is None else cfg
     C.positive("--n-boot", n_boot)
     lay = C.study_dir(study)
+    with SayDamagedParts(PROG):
+        st = Study.load(lay.root)
     try:
-        return cfg, fit_predictor(lay.root, n_boot=n_boot, seed=seed)
+        return cfg, cached_predictor(st, n_boot=n_boot, seed=seed)
     except PredictError as e:
         raise C.UsageError(str(e)) from None
 
@@ -170,7 +178,8 @@ def records(df) -> dict:
         return v
 
     a = dict(df.attrs)
-    a["floor"] = {m: {k: clean(v) if not isinstance(v, list) else v for k, v in d.items()} for m, d in a["floor"].items()}
+    a["floor"] = {m: {k: clean(v) if not isinstance(v, list) else v for k, v in fe.to_json().items()}
+                  for m, fe in a["floor"].items()}
     return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in a.items()},
             "predictions": [{k: clean(v) for k, v in r.items()} for r in df.to_dict("records")]}
 
@@ -178,8 +187,9 @@ def records(df) -> dict:
 @C.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    targets = targets_from_args(C.load_study(a.study_dir), a.sizes, a.budgets, a.targets)  # before any fit
-    cfg, P = study_and_predictor(a.study_dir, a.n_boot, a.seed)
+    cfg = C.load_study(a.study_dir)
+    targets = targets_from_args(cfg, a.sizes, a.budgets, a.targets)  # before any fit
+    _, P = study_and_predictor(a.study_dir, a.n_boot, a.seed, cfg=cfg)
     from analysis.predict import PredictError, predict
 
     try:

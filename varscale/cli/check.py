@@ -1,0 +1,81 @@
+"""``varscale check <study>``: the predictions written before the study trained
+(``predictions.json``, from ``varscale plan <study> --predict-from <pilot>``) against its
+finished runs (``analysis.check``).
+
+Per target run and metric: the prediction, its 95% new-run interval, the observed final
+value, the signed relative error and whether it lies inside; per metric the mean and
+largest error, the coverage of both intervals and which term of the law the errors point
+to. The pilot (the record's, or ``--pilot``: where it lives now) is read to compute its fit
+hash again: a pilot changed since the predictions is a note. Writes
+``report/predictions-check.{json,md}``; ``varscale fit <study> --check-predictions`` is this
+command. Fits nothing.
+"""
+from __future__ import annotations
+
+import sys
+
+from varscale.cli import common as C
+
+PROG = "varscale check"
+
+
+def build_parser():
+    ap = C.parser(PROG, description=__doc__)
+    C.add_study_arg(ap, "the study (runs/<study>) whose predictions.json is checked")
+    ap.add_argument("--pilot", metavar="PILOT",
+                    help="the pilot study's folder, when it is no longer where predictions.json says "
+                         "(default: the record's pilot)")
+    ap.add_argument("--quiet", action="store_true", help="no table on the terminal")
+    return ap
+
+
+def load_pilot(rec: dict, study_dir: str, given: str | None):
+    """(the pilot's Study or None, a phrase why not). The pilot may live elsewhere: the
+    check does not need it, it only re-checks the pilot's fit hash."""
+    from analysis.check import pilot_location
+    from analysis.load import SayDamagedParts
+    from analysis.study import Study
+
+    where = pilot_location(rec, study_dir, given)
+    if where is None:
+        return None, None
+    try:
+        with SayDamagedParts(PROG):
+            return Study.load(where), None
+    except Exception as e:  # noqa: BLE001 - any failure to read the pilot only skips its re-check
+        return None, type(e).__name__
+
+
+@C.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    rc = C.check_study_dir(PROG, a.study_dir)
+    if rc is not None:
+        return rc
+    if a.pilot:
+        C.study_dir(a.pilot, need_yaml=False)
+    from analysis.check import CheckError, check_predictions, format_check, read_predictions, write_check
+    from analysis.load import SayDamagedParts
+    from analysis.study import Study
+
+    try:
+        rec = read_predictions(a.study_dir)  # before reading any metrics: no file, one line
+    except CheckError as e:
+        raise C.UsageError(str(e)) from None
+    with SayDamagedParts(PROG):
+        study = Study.load(a.study_dir)
+    pilot, problem = load_pilot(rec, a.study_dir, a.pilot)
+    try:
+        c = check_predictions(study, pilot, pilot_problem=problem)
+    except CheckError as e:
+        raise C.UsageError(str(e)) from None
+    write_check(a.study_dir, c)
+    if not a.quiet:
+        print(format_check(c))
+    lay = C.study_dir(a.study_dir, need_yaml=False)
+    print(f"wrote {lay.check_json} and {lay.check_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
