@@ -69,12 +69,13 @@ def _schedule_of(config_json: Path) -> dict:
     return {"is_stable": bool(stable), "budget_unit": unit if isinstance(unit, str) else None}
 
 
-def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
+def load(study_dir, states: tuple[str, ...] | None = None, info: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every evaluation row of every cell, sorted by run and step, with columns
     ``state`` (the cell's state now) and ``is_final`` (this row is the run's last
     evaluation of a finished run: step == total_steps or the cell is done).
 
-    ``states`` keeps only cells in those states (e.g. ``("done",)``); default: all.
+    ``states`` keeps only cells in those states (e.g. ``("done",)``); default: all. ``info``: the
+    study's ``cells`` table when the caller has read it already (``Study.load``).
     A cell with no metrics yet contributes no rows; a damaged part (not a file, unreadable, a
     failed page CRC, no rows) is skipped with a warning naming it (a cell being written is never
     torn: parts are renamed into place; ``varscale run`` writes a damaged one again).
@@ -102,7 +103,7 @@ def load(study_dir, states: tuple[str, ...] | None = None) -> pd.DataFrame:
     if "step" in df.columns and len(df):
         df = df.sort_values(["run_id", "step"], kind="stable")
         df = df.drop_duplicates(["run_id", "step"], keep="last").reset_index(drop=True)
-    info = cells(study_dir)
+    info = cells(study_dir) if info is None else info
     if len(info):
         df = df.merge(info[["run_id", "state", "is_stable"]], on="run_id", how="left")
     else:

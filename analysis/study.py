@@ -44,14 +44,15 @@ class Study:
         """Read a study folder (partial studies too: running cells contribute their rows)."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DamagedPart)
-            df = load(study_dir)
+            info = cells(study_dir)
+            df = load(study_dir, info=info)
         damaged = []
         for w in caught:
             if issubclass(w.category, DamagedPart):
                 damaged.append(str(w.message))
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         layout = StudyLayout.of(study_dir)
-        return cls(evaluations=df, root=layout.root, name=layout.root.name, cells=cells(study_dir),
+        return cls(evaluations=df, root=layout.root, name=layout.root.name, cells=info,
                    budget_axis=df.attrs.get("budget_axis", "budget_flops"), entropy=floors(study_dir),
                    damaged=list(dict.fromkeys(damaged)))
 

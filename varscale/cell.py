@@ -154,6 +154,12 @@ class CellConfig:
         return digest(hash_view(self), 8)
 
     @property
+    def is_stable_run(self) -> bool:
+        """A warmup-stable-decay design's stable run: never decayed, not a branch (its last
+        evaluation is no trained model of its size; analysis.load reads the same three fields)."""
+        return self.schedule == "wsd" and not self.decay_steps and not self.branch_from
+
+    @property
     def width(self) -> int:
         return self.depth * self.head_dim
 

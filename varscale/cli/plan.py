@@ -36,7 +36,7 @@ def predicted_plan(cfg, layout, plan: dict, pilot: str, n_boot: int, write: bool
     _, P = study_and_predictor(pilot, n_boot, 0)
     targets = [{"run_id": r["run_id"], "label": r["run_id"], "depth": r["depth"], "n_params": float(r["n_params"]),
                 "tokens": float(r["tokens"]), "flops": float(r["total_steps"] * r["flops_per_step"])}
-               for r in plan["cells"] if "-stable-" not in r["run_id"]]
+               for r in plan["cells"] if not r["stable"]]
     try:
         pred = predict(P, targets)
     except PredictError as e:

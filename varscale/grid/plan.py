@@ -116,8 +116,8 @@ def wsd_formula(cfg: StudyConfig, cells: list[Any]) -> float:
     f = cfg.budgets.wsd_decay_frac
     groups: dict[tuple, list[float]] = {}
     for c in cells:
-        if getattr(c, "schedule", "") == "wsd" and not getattr(c, "branch_from", None):
-            continue  # the stable run itself
+        if c.is_stable_run:
+            continue
         groups.setdefault((c.depth, c.seed), []).append(float(c.total_steps * c.flops_per_step))
     return sum(max(v) * (1 + f * (len(v) - 1)) for v in groups.values())
 
@@ -236,7 +236,7 @@ def build_plan(cfg: StudyConfig, layout: StudyLayout, cells: list[Any],
             "flops_per_step": c.flops_per_step, "total_steps": c.total_steps,
             "tokens": c.total_steps * c.batch_size * c.seq_len, "eval_steps": list(c.eval_steps),
             "schedule": getattr(c, "schedule", "lin0"), "branch_from": getattr(c, "branch_from", None),
-            "decay_steps": getattr(c, "decay_steps", 0), "cost_flops": cost,
+            "decay_steps": getattr(c, "decay_steps", 0), "stable": c.is_stable_run, "cost_flops": cost,
             "est_seconds": est,
             "mem_total_bytes": memory[c.depth]["total"], "mem_fits": memory[c.depth]["fits"],
         })
