@@ -4,7 +4,8 @@ A form says where it applies (``scope``), whether a slice of data allows it
 (``eligible``: None, or the reason why not), how to fit it (``fit``: a list of
 :class:`analysis.bootstrap.Fit`), how to predict from fitted parameters (``predict``)
 and how to write its equation (``equation``). ``Fit.predict`` and ``Fit.equation``
-delegate here by ``Fit.form``; ``analysis.report`` loops over the forms of each scope.
+delegate here by ``Fit.form`` (through ``analysis.registry``); ``analysis.fitting`` loops over the
+forms of each scope.
 Scopes, in the order the report fits them:
 
 - ``"budget"``: each finished run's final evaluation in one budget, vs N;
