@@ -34,7 +34,8 @@ def trained(tmp_path_factory):
 def test_zero_stage_trains_and_writes_rows(trained, stage):
     cell, cell_dir = trained[stage]
     assert (cell_dir / "DONE").read_text().strip() == "done"
-    assert json.loads((cell_dir / "ds_config.json").read_text())["zero_optimization"]["stage"] == stage
+    zo = json.loads((cell_dir / "ds_config.json").read_text())["zero_optimization"]
+    assert zo["stage"] == stage
 
     status = json.loads((cell_dir / "status.json").read_text())
     assert status["state"] == "done" and status["step"] == cell.total_steps
@@ -66,6 +67,29 @@ def test_zero_stage_trains_and_writes_rows(trained, stage):
         via_ds = ds.dataset(str(cell_dir / "metrics"), format="parquet").to_table().to_pandas()
         via_ds = via_ds.sort_values("step").reset_index(drop=True)
         assert via_ds.equals(df)
+
+
+def test_zero_buckets_are_sized_from_the_model(trained):
+    """ZeRO 1-3 run with buckets of the model's size (its trainable parameters, even), not
+    DeepSpeed's 5e8 elements (2 GB per rank); ZeRO-0 has none."""
+    from varscale.train.engine import DS_BUCKET, bucket_elements, ds_config
+
+    n = int(metrics(trained[0][1])["n_params"].iloc[0])  # every parameter of VAR trains
+    assert n < 1e6 and bucket_elements(n) in (n, n + 1) and bucket_elements(n) % 2 == 0
+    for stage in STAGES:
+        zo = json.loads((trained[stage][1] / "ds_config.json").read_text())["zero_optimization"]
+        buckets = {k: v for k, v in zo.items() if "bucket" in k}
+        want = {} if stage == 0 else {"reduce_bucket_size": bucket_elements(n), "allgather_bucket_size": bucket_elements(n)}
+        if stage == 3:
+            want["stage3_prefetch_bucket_size"] = bucket_elements(n)
+        assert buckets == want, (stage, buckets)
+    # a model above DeepSpeed's default keeps it; no n_params: DeepSpeed's own defaults
+    big = ds_config(batch_size=8, world_size=1, zero_stage=2, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0,
+                    grad_clip=1.0, n_params=2_007_000_000)["zero_optimization"]
+    assert big["reduce_bucket_size"] == big["allgather_bucket_size"] == DS_BUCKET
+    plain = ds_config(batch_size=8, world_size=1, zero_stage=2, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0,
+                      grad_clip=1.0)["zero_optimization"]
+    assert not [k for k in plain if "bucket" in k]
 
 
 def test_zero_stages_agree_on_one_rank(trained):

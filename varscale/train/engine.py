@@ -16,6 +16,11 @@ import torch
 # parameters the official code keeps out of weight decay (train.py / lr_control.py), besides
 # every 1-D tensor and bias
 NO_DECAY_KEYS = ("pos_1LC", "pos_start", "lvl_embed", "scale_mul", "ada_gss", "gamma", "beta")
+# DeepSpeed's defaults (elements): the reduce and allgather buckets of ZeRO 1-3 (the reduce
+# bucket is allocated whole, 2 GB of fp32 per rank, however small the model) and ZeRO-3's
+# prefetch bucket
+DS_BUCKET = 500_000_000
+DS_PREFETCH_BUCKET = 50_000_000
 
 
 def free_port() -> int:
@@ -95,10 +100,23 @@ def accumulation_steps(batch_size: int, world_size: int, micro_batch_size: Optio
     return share // mb
 
 
+def bucket_elements(n_params: int, default: int = DS_BUCKET) -> int:
+    """A ZeRO bucket sized from the model: its trainable parameters (rounded up to even, the
+    alignment DeepSpeed asserts for the allgather bucket), at most DeepSpeed's ``default``. One
+    bucket then holds every gradient, as the default does for any model below 5e8 parameters."""
+    n = max(int(n_params), 1)
+    return min(int(default), n + n % 2)
+
+
+def trainable_params(model: torch.nn.Module) -> int:
+    """The elements DeepSpeed's buckets carry: every parameter with a gradient."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def ds_config(*, batch_size: int, world_size: int, zero_stage: int, lr: float,
               betas: tuple[float, float], weight_decay: float, grad_clip: float,
               precision: str = "fp32", device: str = "cpu",
-              micro_batch_size: Optional[int] = None) -> dict[str, Any]:
+              micro_batch_size: Optional[int] = None, n_params: Optional[int] = None) -> dict[str, Any]:
     """The DeepSpeed config of a cell (written to ``ds_config.json`` for the record).
 
     Precision: bf16 is applied by ``torch.autocast`` around the forward (see
@@ -109,6 +127,14 @@ def ds_config(*, batch_size: int, world_size: int, zero_stage: int, lr: float,
     ``gradient_accumulation_steps`` x world size, which DeepSpeed checks; ``micro_batch_size``
     None is one micro-batch per rank and step. DeepSpeed divides each micro-batch's loss by
     the accumulation steps in ``backward`` and steps the optimizer only at the boundary.
+
+    Buckets: with ``n_params`` (the model's trainable parameters, ``trainable_params``) ZeRO
+    1-3's ``reduce_bucket_size`` and ``allgather_bucket_size`` are ``bucket_elements(n_params)``
+    and ZeRO-3's ``stage3_prefetch_bucket_size`` at most ``n_params``, in place of DeepSpeed's
+    5e8 / 5e7 elements, whose reduce bucket is allocated whole (2 GB per rank in fp32) even for
+    a model of 100k parameters. Buckets change where gradients wait, not their values, and
+    enter no hash (the DeepSpeed config is written to ``ds_config.json`` only). Without
+    ``n_params``: DeepSpeed's defaults.
     """
     gas = accumulation_steps(batch_size, world_size, micro_batch_size)
     cfg: dict[str, Any] = {
@@ -127,6 +153,11 @@ def ds_config(*, batch_size: int, world_size: int, zero_stage: int, lr: float,
         "wall_clock_breakdown": False,
         "dump_state": False,
     }
+    if zero_stage and n_params is not None:
+        b = bucket_elements(n_params)
+        cfg["zero_optimization"].update(reduce_bucket_size=b, allgather_bucket_size=b)
+        if zero_stage == 3:
+            cfg["zero_optimization"]["stage3_prefetch_bucket_size"] = bucket_elements(n_params, DS_PREFETCH_BUCKET)
     if zero_stage == 3:
         # our own weights.pt snapshot gathers the full params anyway; keep DS from also doing it
         cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False

@@ -131,7 +131,7 @@ class CellRun:
                              zero_stage=int(tr.zero_stage), lr=self.schedule.peak * 0.005,
                              betas=tuple(tr.betas), weight_decay=tr.weight_decay,
                              grad_clip=tr.grad_clip, precision=tr.precision, device=self.device.type,
-                             micro_batch_size=tr.micro_batch_size)
+                             micro_batch_size=tr.micro_batch_size, n_params=E.trainable_params(model))
         ds_cfg.update(ds_keys(c.monitor, self.layout, c.study, log=self.records.log))  # live curves
         if self.rank == 0:
             atomic_write_json(self.layout.ds_config_json, ds_cfg)
