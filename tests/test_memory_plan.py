@@ -34,7 +34,7 @@ def test_model_states_are_deepspeeds_accounting(n, gpus, nodes):
     # varscale's fp32 weights: 2 more bytes per replicated parameter, the bucket on top
     fp32 = model_states(n, 2, w)
     assert fp32["params"] + fp32["grads"] + fp32["optimizer"] == pytest.approx(ds2 + 2 * n - 2 * n / w, abs=1)
-    assert fp32["buffers"] == 4 * 5e8
+    assert fp32["buffers"] == 4 * min(5e8, n + n % 2)  # the reduce bucket as the engine sizes it
 
 
 def test_micro_batches_and_checkpointing_shrink_activations():

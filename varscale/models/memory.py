@@ -19,8 +19,8 @@ forward; ``varscale.train.engine``), so per parameter:
     3      4/w + 4/w + largest  4/w                 8/w        reduce bucket
 
 (``largest``: the biggest layer, gathered whole while it runs, 4 bytes x its parameters; the
-reduce bucket: ``reduce_bucket_size`` = 5e8 elements of fp32, DeepSpeed's default, which
-varscale leaves as it is.) This is the accounting of DeepSpeed's own estimators
+reduce bucket: ``reduce_bucket_size`` elements of fp32, which varscale's engine sets to the
+model's parameter count, at most DeepSpeed's default 5e8: ``bucket_elements``.) This is the accounting of DeepSpeed's own estimators
 (``estimate_zero2_model_states_mem_needs``, ``estimate_zero3_model_states_mem_needs``, which
 take parameter counts) with varscale's fp32 weights in place of their 16-bit ones:
 ``model_states(..., weights16=True)`` reproduces those functions exactly
@@ -64,9 +64,18 @@ from .presets import Preset
 from .spec import VARConfig, param_counts, vqvae_param_count
 
 GB = 1e9
-# zero_optimization.reduce_bucket_size, DeepSpeed's default (elements); engine.ds_config
-# leaves it unset. Stages 1-3 allocate a bucket of this size for the gradients' reduction.
+# zero_optimization.reduce_bucket_size, DeepSpeed's default (elements). Stages 1-3 allocate a
+# bucket of this size whole for the gradients' reduction (2 GB of fp32 per rank, however small
+# the model); varscale's engine.ds_config sizes it from the model instead (bucket_elements).
 DS_REDUCE_BUCKET = 500_000_000
+
+
+def bucket_elements(n_params: int, default: int = DS_REDUCE_BUCKET) -> int:
+    """A ZeRO bucket sized from the model: its trainable parameters (rounded up to even, the
+    alignment DeepSpeed asserts for the allgather bucket), at most DeepSpeed's ``default``. One
+    bucket then holds every gradient, as the default does for any model below 5e8 parameters."""
+    n = max(int(n_params), 1)
+    return min(int(default), n + n % 2)
 # of execution.gpu_mem_gb kept free for what is not counted (CUDA context, allocator
 # fragmentation, NCCL buffers)
 HEADROOM = 0.1
@@ -140,7 +149,8 @@ def model_states(n_params: int, zero_stage: int, world: int, largest_layer: int 
         replicated, master, grads = 2.0, 4.0, 6.0
     else:  # the module's fp32 weights; an fp32 copy of the partition; fp32 grads
         replicated, master, grads = 4.0, 4.0, 4.0
-    bucket = 0.0 if zero_stage == 0 or weights16 else 4.0 * DS_REDUCE_BUCKET
+    # the reduce bucket as varscale's engine sizes it (DeepSpeed's estimators count none)
+    bucket = 0.0 if zero_stage == 0 or weights16 else 4.0 * bucket_elements(int(N))
     if zero_stage == 0:
         out = dict(params=replicated * N, grads=grads * N, optimizer=8 * N)
     elif zero_stage == 1:

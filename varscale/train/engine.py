@@ -13,13 +13,15 @@ from typing import Any, Optional
 
 import torch
 
+from varscale.models.memory import DS_REDUCE_BUCKET, bucket_elements  # noqa: F401  (re-exported)
+
 # parameters the official code keeps out of weight decay (train.py / lr_control.py), besides
 # every 1-D tensor and bias
 NO_DECAY_KEYS = ("pos_1LC", "pos_start", "lvl_embed", "scale_mul", "ada_gss", "gamma", "beta")
 # DeepSpeed's defaults (elements): the reduce and allgather buckets of ZeRO 1-3 (the reduce
-# bucket is allocated whole, 2 GB of fp32 per rank, however small the model) and ZeRO-3's
-# prefetch bucket
-DS_BUCKET = 500_000_000
+# bucket is allocated whole, 2 GB of fp32 per rank, however small the model; the memory model
+# counts what bucket_elements makes of it) and ZeRO-3's prefetch bucket
+DS_BUCKET = DS_REDUCE_BUCKET
 DS_PREFETCH_BUCKET = 50_000_000
 
 
@@ -98,14 +100,6 @@ def accumulation_steps(batch_size: int, world_size: int, micro_batch_size: Optio
     if mb < 1 or share % mb:
         raise ValueError(f"micro-batch size {mb} does not divide the per-rank batch {share}")
     return share // mb
-
-
-def bucket_elements(n_params: int, default: int = DS_BUCKET) -> int:
-    """A ZeRO bucket sized from the model: its trainable parameters (rounded up to even, the
-    alignment DeepSpeed asserts for the allgather bucket), at most DeepSpeed's ``default``. One
-    bucket then holds every gradient, as the default does for any model below 5e8 parameters."""
-    n = max(int(n_params), 1)
-    return min(int(default), n + n % 2)
 
 
 def trainable_params(model: torch.nn.Module) -> int:
