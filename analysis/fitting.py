@@ -17,9 +17,11 @@ the fit forms registered in ``analysis.forms``:
 - Approach 2 (IsoFLOP parabolas) for FLOP budgets with at least 3 depths;
 - extrapolation checks: fit without the largest model, predict it (Approach 3: each held-out
   run on its own).
-Warnings raised while fitting become one-line notes (``warning_notes``). Nothing here reads
-or writes a file: ``varscale fit`` (varscale/cli/fit.py) loads the study, calls this, and
-writes the report (``analysis.results.write_report``) and its markdown (``analysis.render``).
+A metric the study has no values of (an imported table with a single loss) is not fitted,
+and one note says so; budget slices that allow no law share one note per reason. Warnings
+raised while fitting become one-line notes (``warning_notes``). Nothing here reads or writes
+a file: ``varscale fit`` (varscale/cli/fit.py) loads the study, calls this, and writes the
+report (``analysis.results.write_report``) and its markdown (``analysis.render``).
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ FLOOR_RULES = ("auto", "entropy", "chinchilla")
 _ENTROPY_NOT_FLOOR = "is not below every observed loss"
 
 
-def _approach3(fr, x_col: str, n_boot: int, seed: int, boot: StudyResample | None = None) -> dict:
+def _approach3(fr, x_col: str, n_boot: int, seed: int, boot: StudyResample | None = None,
+               metrics: tuple[str, ...] = METRICS) -> dict:
     """Chinchilla Approach 3 per loss metric on the finished runs ({} when the form's
     eligibility says no). Fitted once: its E is the floor where the token entropy is none,
     and with ``boot`` its resamples are the study's, so E moves with the laws on L - E."""
@@ -47,7 +50,21 @@ def _approach3(fr, x_col: str, n_boot: int, seed: int, boot: StudyResample | Non
     s = forms.Slice(fr, group="final evaluations", x_col=x_col, n_boot=n_boot, seed=seed, boot=boot)
     if form.eligible(s) is not None:
         return {}
-    return {m: form.fit(s, m)[0] for m in form.metrics}
+    return {m: form.fit(s, m)[0] for m in form.metrics if m in metrics}
+
+
+def present_metrics(df: pd.DataFrame) -> tuple[str, ...]:
+    """The metrics the study has values of (an imported table may hold a single loss)."""
+    return tuple(m for m in METRICS if m in df and df[m].notna().any())
+
+
+def _skipped_notes(skipped: dict[str, list[str]]) -> list[str]:
+    """One note per reason budget slices got no law, the slices named (first to last when many)."""
+    out = []
+    for why, groups in skipped.items():
+        where = ", ".join(groups) if len(groups) <= 3 else f"{len(groups)} slices, {groups[0]} to {groups[-1]}"
+        out.append(f"{where}: {why}")
+    return out
 
 
 def warning_notes(caught) -> list[str]:
@@ -94,10 +111,12 @@ def _fit_study(study: Study, n_boot, seed, floor_last, floor_avg, use_floor, x_c
     fr = study.final
     boot = StudyResample(df["run_id"], n_boot, seed) if len(df) and n_boot else None
     n_chin = n_boot if chinchilla_boot is None else chinchilla_boot
-    chin = _approach3(fr, x_col, n_chin, seed, boot if n_chin == n_boot else None) if len(df) else {}
+    present = present_metrics(df)
+    chin = _approach3(fr, x_col, n_chin, seed, boot if n_chin == n_boot else None, present) if len(df) else {}
     hand = {m: float(v) for m, v in (("test_loss_last", floor_last), ("test_loss_avg", floor_avg))
             if v is not None}
     entropy = study.usable_entropy() if use_floor and rule in ("auto", "entropy") else {}
+    entropy = {m: v for m, v in entropy.items() if m in present or m not in METRICS}
     floor, E_samples = H.choose_floors(entropy, chin, df, rule=rule if use_floor else "none", hand=hand)
     root = str(study.root) if study.root is not None else study.name
     rep = Report(study=root, cells=len(study.cells), states=study.states, rows=len(df), budget_axis=axis,
@@ -107,11 +126,16 @@ def _fit_study(study: Study, n_boot, seed, floor_last, floor_avg, use_floor, x_c
     if not len(df):
         rep.notes.append("no evaluations yet")
         return rep
+    absent = [m for m in METRICS if m not in present]
+    if absent:
+        rep.notes.append(f"no values of {', '.join(SHORT[m] for m in absent)} in the study: not fitted")
     above = [SHORT[m] for m in LOSSES if m in study.entropy and m in floor and floor[m].source == "chinchilla"]
     if above and rule == "auto" and use_floor:  # said once; a loss without a floor says it in its reason
         rep.notes.append(f"token entropy of tokens/meta.json is not below every loss of {', '.join(above)} (a "
                          "unigram entropy, not a floor): the floor there is Approach 3's E")
     for m in LOSSES:
+        if m not in present:
+            continue
         if m not in floor:
             rep.notes.append(_no_floor_reason(m, rule if use_floor else "none", study, chin, fr, x_col))
         elif floor[m].resolved is False:
@@ -132,15 +156,16 @@ def _fit_study(study: Study, n_boot, seed, floor_last, floor_avg, use_floor, x_c
     slices: list[tuple[str, str, pd.DataFrame]] = []  # (kind, label, rows) for the headline
     # --- per budget, final evaluations vs N
     budget_forms = forms.of_scope("budget")
+    skipped: dict[str, list[str]] = {}  # reason -> the slices without a law for it
     for budget, g in fr.groupby("budget"):
         s = forms.Slice(g, group=study.slice_label(budget), **common)
         why = {f.name: f.eligible(s) for f in budget_forms}
         if all(v is not None for v in why.values()):
-            rep.notes.append(f"{s.group}: {why[budget_forms[0].name]}")
+            skipped.setdefault(why[budget_forms[0].name], []).append(s.group)
             continue
         if why.get("power") is None:
             slices.append(("N", s.group, g))
-        for m in METRICS:
+        for m in present:
             for f in budget_forms:
                 if why[f.name] is None and m in f.metrics:
                     fits += f.fit(s, m)
@@ -154,7 +179,8 @@ def _fit_study(study: Study, n_boot, seed, floor_last, floor_avg, use_floor, x_c
     if ann is not None:
         fronts.append(forms.Slice(ann, group="annealed runs", **common))
         slices.append(("C", "annealed runs", ann))
-    for m in METRICS:
+    rep.notes += _skipped_notes(skipped)
+    for m in present:
         for f in forms.of_scope("frontier"):
             for s in fronts:
                 if m in f.metrics and f.eligible(s) is None:
@@ -168,11 +194,13 @@ def _fit_study(study: Study, n_boot, seed, floor_last, floor_avg, use_floor, x_c
                 rep.notes.append(why)
             continue
         for m in f.metrics:
+            if m not in present:
+                continue
             fits += [chin[m]] if f.name == "chinchilla" else f.fit(s, m)
             rep.extrapolation += f.extrapolate(s, m)
     rep.fits = fits
     rep.allocation = _allocation(chin, fits)
-    _headline(rep, slices, E_samples, boot, x_col, c_col)
+    _headline(rep, slices, E_samples, boot, x_col, c_col, present)
     return rep
 
 
@@ -219,14 +247,15 @@ def _no_floor_reason(m: str, rule: str, study: Study, chin: dict, fr, x_col: str
     return f"{SHORT[m]}: no floor ({'; '.join(why)}): reported raw"
 
 
-def _headline(rep: Report, slices, E_samples: dict, boot, x_col: str, c_col: str) -> None:
+def _headline(rep: Report, slices, E_samples: dict, boot, x_col: str, c_col: str,
+              metrics: tuple[str, ...] = METRICS) -> None:
     """Fill ``headline`` and ``best_law`` from the fits already in ``rep`` (see analysis/headline.py)."""
     index = {(f.form, f.metric, f.quantity, f.x, f.group): i for i, f in enumerate(rep.fits)}
     # an Approach-3 floor for leave-largest-out: E refitted without the largest model
     E_wo = {e.metric: e.values["fit"]["params"]["E"] for e in rep.extrapolation
             if e.form == "chinchilla" and "fit" in e.values}
     rows, raw_lolo = [], {}
-    for m in METRICS:
+    for m in metrics:
         fl = rep.floor.get(m)
         E = fl.E if fl is not None else None
         E_lolo = E_wo.get(m) if fl is not None and fl.source == "chinchilla" else E
@@ -269,4 +298,4 @@ def _headline(rep: Report, slices, E_samples: dict, boot, x_col: str, c_col: str
     rep.best_law = H.best_laws(rows, rep.extrapolation, raw_lolo)
 
 
-__all__ = ["fit_study", "warning_notes", "FLOOR_RULES"]
+__all__ = ["fit_study", "warning_notes", "present_metrics", "FLOOR_RULES"]

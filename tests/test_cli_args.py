@@ -70,6 +70,8 @@ def _cases(d: Path, rid: str, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "predict-no-budget": (["predict", str(d), "--depth", "2"], "a size (--depth or --params) and a budget"),
         "allocate-metric": (["allocate", str(d), "--flops", "1e9", "--metric", "loss"], "valid: L_last"),
         "allocate-flops": (["allocate", str(d), "--flops", "-1"], "--flops must be > 0"),
+        "import-no-source": (["import", str(nope), str(tmp / "new")], "no such file or folder"),
+        "import-not-empty": (["import", str(d / "study.yaml"), str(d)], "exists and is not empty"),
     }
 
 
@@ -257,6 +259,8 @@ def test_every_option_has_a_help_line_and_its_default(name, ap):
             assert a.metavar == "STUDY"
     if name in ("train",):
         assert [a.metavar for a in positionals] == ["CELL"]
+    elif name == "import":  # what to import, and the new study folder
+        assert [a.dest for a in positionals] == ["source", "study_dir"]
     elif not any(isinstance(a, argparse._SubParsersAction) for a in ap._actions):
         assert [a.dest for a in positionals] == ["study_dir"], name
 

@@ -179,6 +179,8 @@ class StudyLayout:
     # predicted metrics of every planned run, written before training (`plan --predict-from`)
     predictions_json = property(lambda self: self.root / "predictions.json")
     prepare_traceback = property(lambda self: self.root / "prepare.traceback.txt")  # tokenizer/tokens failed
+    # runs trained elsewhere (`varscale import`): where they came from; `varscale run` refuses the folder
+    imported_json = property(lambda self: self.root / "imported.json")
 
     def stage_lock(self, stage: str) -> Path:
         """The study-wide lock of a one-off stage (tokenizer, tokens, fit, figures)."""

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edit": ("varscale.cli.edit", "zero-shot in-/out-painting and class editing"),
     "quality": ("varscale.cli.quality", "classifier accuracy and Frechet distance of samples"),
     "doctor": ("varscale.cli.doctor", "check every file of a study: damaged, stale, what a rerun redoes"),
+    "import": ("varscale.cli.import_", "runs trained elsewhere (a table, the official VAR logs) as a study to fit"),
 }
 
 

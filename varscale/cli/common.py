@@ -120,6 +120,15 @@ def study_dir(path: str, need_yaml: bool = True) -> StudyLayout:
     return lay
 
 
+def refuse_imported(path: str) -> None:
+    """A UsageError when ``path`` (a study folder or its study.yaml) holds runs imported from
+    elsewhere (``varscale import``: its ``imported.json``): there is nothing to train there."""
+    p = Path(path)
+    lay = StudyLayout.of(p.parent if p.suffix in (".yaml", ".yml") else p)
+    if lay.imported_json.exists():
+        raise UsageError(f"{path} holds imported runs: there is nothing to train; use varscale fit/predict/figures")
+
+
 def _near(root: Path) -> str:
     """' (did you mean X?)' for a mistyped study folder next to existing ones."""
     parent = root.parent if str(root.parent) else Path(".")

@@ -15,7 +15,9 @@ pyarrow); ``report/fits.json``.
 Each finding is one line: ``damaged`` (a file no command can read: what to do about it),
 ``stale`` (readable, but not what the current study.yaml would make; a rerun replaces or
 ignores it) or ``redo`` (work a ``varscale run`` would do); a ``note`` says what could not be
-checked. Exit 0 when nothing is damaged,
+checked. A folder of imported runs (``varscale import``: ``imported.json``) has no tokenizer,
+tokens, plan or cell configs and nothing to train: its imported.json, study.yaml and each
+cell's status.json, metrics parts and record are checked. Exit 0 when nothing is damaged,
 1 when something is, 2 when the argument is no study folder.
 """
 from __future__ import annotations
@@ -228,12 +230,14 @@ def _study_path(c: CellLayout, f: Findings) -> None:
                        "writes the path again")
 
 
-def _cell(c: CellLayout, planned: Optional[set], f: Findings) -> None:
+def _cell(c: CellLayout, planned: Optional[set], f: Findings, imported: bool = False) -> None:
     from varscale.cell import CellConfig
     from varscale.config import ConfigError
 
     rid = c.run_id
-    if not c.config_json.exists():
+    if imported:
+        pass  # runs trained elsewhere: no config.json, nothing to resume
+    elif not c.config_json.exists():
         f.add("stale", f"{c.root}: no config.json; " + (
             "a rerun writes it (the run id is planned)" if planned and rid in planned
             else "not a cell of the current study.yaml, no command runs it"))
@@ -273,7 +277,7 @@ def _cell(c: CellLayout, planned: Optional[set], f: Findings) -> None:
                        "the copy in the cell's checkpoint")
     if c.record.exists():
         _parquet(c.record, f, "the analysis skips it; delete it (the cell's next run writes it again)")
-    if bad_json or not c.config_json.exists() or (planned is not None and rid not in planned):
+    if imported or bad_json or not c.config_json.exists() or (planned is not None and rid not in planned):
         return
     from varscale.grid.status import cell_state
 
@@ -295,14 +299,22 @@ def main(argv: list[str] | None = None) -> int:
     lay = C.study_dir(a.study_dir)
     f = Findings()
     cfg = _study(lay, f)
-    cells = _plan(lay, cfg, f)
-    _tokenizer(lay, cfg, f)
-    _tokens(lay, cfg, f)
+    imported = lay.imported_json.exists()
+    if imported:
+        f.json_file(lay.imported_json, "it only records where the runs came from: 'varscale import' them "
+                                       "again into a new folder to have it back")
+        f.add("note", f"{a.study_dir} holds imported runs (imported.json): no tokenizer, tokens, plan or "
+                      "cell configs to check, and nothing a rerun would do")
+        cells = None
+    else:
+        cells = _plan(lay, cfg, f)
+        _tokenizer(lay, cfg, f)
+        _tokens(lay, cfg, f)
     planned = {c.run_id for c in cells} if cells is not None else None
     present = set()
     for d in lay.cell_dirs():
         present.add(d.name)
-        _cell(lay.cell(d.name), planned, f)
+        _cell(lay.cell(d.name), planned, f, imported)
     if planned is not None:
         new = sorted(planned - present)
         if new:

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     for name in ("--parallel", "--threads", "--nproc"):
         C.positive(name, getattr(a, name[2:]))
+    C.refuse_imported(a.study_dir)
     layout = C.study_dir(a.study_dir)
     cfg = C.load_study(a.study_dir)
     C.refuse_damaged(layout)
