@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from .bootstrap import DEFAULT_BOOT, Fit, attach_ci, run_weights
+from .load import same_budgets
 from .optim import minimize_batched
 from .powerlaw import fit_power_law
 
@@ -261,21 +262,6 @@ def extrapolation_check_chinchilla(N, D, L, metric: str = "loss", group: str = "
 
 
 # --------------------------------------------------------------------------- Approach 2
-
-
-def same_budgets(budgets: Sequence[float], digits: int = 10) -> np.ndarray:
-    """Each budget as its group's label, budgets that differ by float noise in one group: a
-    value rounded to ``digits`` significant digits, and a rounded value within one unit of that
-    digit above its neighbour (noise across a rounding edge) labelled as the neighbour."""
-    b = np.asarray(budgets, dtype=float).reshape(-1)
-    r = np.array([float(f"{v:.{digits - 1}e}") if np.isfinite(v) else v for v in b])
-    label: dict[float, float] = {}
-    start = None
-    for v in np.unique(r[np.isfinite(r)]):
-        if start is None or v - start > abs(start) * 10.0 ** (1 - digits):
-            start = v
-        label[v] = start
-    return np.array([label.get(v, v) for v in r])
 
 
 def isoflop(N: Sequence[float], C: Sequence[float], L: Sequence[float],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -122,7 +123,9 @@ def load(study_dir, states: tuple[str, ...] | None = None, info: pd.DataFrame | 
     units = info["budget_unit"].dropna() if "budget_unit" in info else pd.Series(dtype=str)
     unit = str(units.iloc[0]) if len(units) else None
     axis = budget_axis(df, unit)
-    df["budget"] = df[axis].astype(float) if len(df) else pd.Series(dtype=float)
+    # budgets equal to 10 significant digits are one slice (a budget converted through N and
+    # back, as FLOPs = 6 N D, carries float noise in its last digits)
+    df["budget"] = same_budgets(df[axis]) if len(df) else pd.Series(dtype=float)
     if states is not None:
         df = df[df["state"].isin(states)].reset_index(drop=True)
     df.attrs["budget_axis"] = axis
@@ -181,6 +184,21 @@ def _read_parallel(parts: list[Path], chunk: int = 64):
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
         tables = list(ex.map(read_parts, chunks))
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def same_budgets(budgets: Sequence[float], digits: int = 10) -> np.ndarray:
+    """Each budget as its group's label, budgets that differ by float noise in one group: a
+    value rounded to ``digits`` significant digits, and a rounded value within one unit of that
+    digit above its neighbour (noise across a rounding edge) labelled as the neighbour."""
+    b = np.asarray(budgets, dtype=float).reshape(-1)
+    r = np.array([float(f"{v:.{digits - 1}e}") if np.isfinite(v) else v for v in b])
+    label: dict[float, float] = {}
+    start = None
+    for v in np.unique(r[np.isfinite(r)]):
+        if start is None or v - start > abs(start) * 10.0 ** (1 - digits):
+            start = v
+        label[v] = start
+    return np.array([label.get(v, v) for v in r])
 
 
 def is_stable_run(df: pd.DataFrame) -> pd.Series:

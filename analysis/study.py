@@ -22,7 +22,7 @@ import pandas as pd
 from varscale.schema import StudyLayout, read_json
 
 from .load import budget_axis as _budget_axis
-from .load import (DamagedPart, cells, final_rows, floors, load, load_quality, sample_images,
+from .load import (DamagedPart, cells, same_budgets, final_rows, floors, load, load_quality, sample_images,
                    usable_floors)
 
 
@@ -72,7 +72,7 @@ class Study:
             df["is_final"] = last & (df["state"] != "diverged") & ~df["is_stable"].astype(bool)
         axis = budget_axis or _budget_axis(df)
         if "budget" not in df and axis in df:
-            df["budget"] = df[axis].astype(float)
+            df["budget"] = same_budgets(df[axis])
         df.attrs["budget_axis"] = axis
         return cls(evaluations=df.reset_index(drop=True), name=name, budget_axis=axis, entropy=dict(entropy or {}))
 

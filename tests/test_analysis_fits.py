@@ -223,8 +223,8 @@ def test_saturating_intervals_cover():
 
 def test_isoflop_groups_budgets_that_differ_by_float_noise(tmp_path):
     """fits.md's IsoFLOP table has one row per FLOP budget when the rows' budgets differ by 1e-12
-    relative (the float rounding of C = 6 N D), each parabola through every size of its budget;
-    budgets 1e-7 apart stay two."""
+    relative (the float rounding of C = 6 N D), each parabola through every size of its budget,
+    and the laws vs N have one slice per budget; budgets 1e-7 apart stay two."""
     import pyarrow.parquet as pq
 
     from analysis import synthetic
@@ -239,11 +239,13 @@ def test_isoflop_groups_budgets_that_differ_by_float_noise(tmp_path):
         rows = pq.read_table(part).to_pylist()
         write_rows(part, [{**r, "budget_flops": r["budget_flops"] * (1 + 1e-12)} for r in rows], METRICS_SCHEMA)
     study = Study.load(d)
-    assert study.final["budget"].nunique() == 4  # the noise is in the rows: 2 budgets read as 4
+    assert study.final["budget_flops"].nunique() == 4  # the noise is in the rows: 2 budgets read as 4
+    assert study.final["budget"].nunique() == 2  # and the study's budget axis makes them one slice each
     md = format_markdown(fit_study(study, n_boot=0, chinchilla_boot=0))
     table = md.split("## IsoFLOP parabolas (L_avg)")[1].split("\n\n")[1].splitlines()[2:]
     assert [ln.split(" | ")[0] for ln in table] == ["| 1e+14", "| 1e+15"], table
     assert "fewer than 3 sizes" not in md
+    assert md.count("| L_avg | budget_flops=1e+14 | reducible |") == 1
     # the grouping itself: noise across a rounding edge is one budget, 1e-7 apart two
     b = same_budgets([1e15, 1e15 * (1 + 1e-12), 1e15 * (1 - 1e-12), 1.23456789995e15 * (1 - 1e-12),
                       1.23456789995e15 * (1 + 1e-12), 1e15 * (1 + 1e-7)])
