@@ -12,9 +12,13 @@ Sections, each reported with a ``status`` ("ok", "skipped: <why>" or "failed: <w
                 depths 16 and 20 in bf16: seconds, images/s, MFU (exact FLOPs from
                 ``varscale.models.flops`` over ``varscale.train.peak``'s measured matmul peak),
                 and, when the official VAR code is found (``--official`` or $VAR_OFFICIAL, a
-                checkout of the official repository; never part of this one), the official
-                model with the same weights (``varscale.models.load_official``): its time,
-                our/official step-time ratio and the largest logit difference.
+                checkout of the official repository, its requirements installed; never part
+                of this one), the official model with the same weights
+                (``varscale.models.load_official``): its time, our/official step-time ratio
+                and the largest logit difference. The official code builds only its own
+                width (head_dim 64) and a VQVAE whose ch is a multiple of 32; at a preset
+                with other sizes (tiny) ours is compared at head_dim 64 (``compared_step_s``)
+                and the official VQVAE, which the VAR's forward never runs, gets ch 32.
 ``memory``      peak memory of DeepSpeed training at ZeRO 1, 2 and 3 (one rank) against the
                 planner's estimate (the hook ``planner_estimate``; skipped where the planner
                 has none). On CPU only the estimate: torch has no CPU allocator peak.
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -97,7 +102,10 @@ def _one_line(e: BaseException) -> str:
 @contextlib.contextmanager
 def _torch_inits_kept():
     """The official ``build_vae_var`` switches off torch's default initialisers for every
-    process-wide layer class; put them back so later sections build normal models."""
+    process-wide layer class (it sets ``reset_parameters`` on each class); put them back so
+    later models are initialised: the class's own method where it had one, else the
+    attribute removed, so that it inherits again (Conv2d's and BatchNorm2d's are their base
+    classes': left set, every later conv would hold uninitialised memory)."""
     import torch.nn as nn
 
     classes = [nn.Linear, nn.LayerNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.Conv1d, nn.Conv2d,
@@ -109,6 +117,8 @@ def _torch_inits_kept():
         for c, f in saved.items():
             if f is not None:
                 c.reset_parameters = f
+            elif "reset_parameters" in c.__dict__:
+                delattr(c, "reset_parameters")
 
 
 def official_path(arg: Optional[str]) -> Optional[Path]:
@@ -120,8 +130,23 @@ def official_path(arg: Optional[str]) -> Optional[Path]:
     return p if (p / "models" / "__init__.py").is_file() else None
 
 
+# The official entry point fixes what it builds beyond the preset's shapes:
+OFFICIAL_HEAD_DIM = 64  # models.build_vae_var: width = 64 x depth, heads = depth
+OFFICIAL_NORM_GROUPS = 32  # its VQVAE's GroupNorm(32, ch): ch a multiple of 32
+
+
+def official_vae_ch(ch: int) -> int:
+    """The base channels the official VQVAE is built with for a preset's ``ch``: ``ch`` where
+    the official code can build it (a multiple of its 32 norm groups), else the next multiple
+    of 32 (tiny: 16 -> 32). The comparison is unchanged by it: the official VAR takes only V
+    and Cvae from its VQVAE, holds none of its weights, and never runs it in a training
+    forward."""
+    return -(-ch // OFFICIAL_NORM_GROUPS) * OFFICIAL_NORM_GROUPS
+
+
 def build_official(path: Path, preset, depth: int, device: str):
-    """The official VAR-d from its own code (``models.build_vae_var``), on ``device``."""
+    """The official VAR-d from its own code (``models.build_vae_var``), on ``device``, with its
+    VQVAE at ``official_vae_ch(preset.ch)``."""
     sys.path.insert(0, str(path))
     try:
         from models import build_vae_var  # the official repository's package
@@ -129,10 +154,55 @@ def build_official(path: Path, preset, depth: int, device: str):
         sys.path.remove(str(path))
     with _torch_inits_kept():
         _, var = build_vae_var(device=device, patch_nums=tuple(preset.patch_nums), V=preset.vocab_size,
-                               Cvae=preset.cvae, ch=preset.ch, share_quant_resi=4,
+                               Cvae=preset.cvae, ch=official_vae_ch(preset.ch), share_quant_resi=4,
                                num_classes=preset.num_classes, depth=depth, shared_aln=False,
                                attn_l2_norm=True, flash_if_available=True, fused_if_available=True)
     return var
+
+
+def compare_official(off: Path, preset, depth: int, var, batch, a, sz, peak: float) -> dict:
+    """The official VAR-``depth`` against ours with its weights (``load_official``): the largest
+    fp32 logit difference, both step times, MFU and the ratio. Ours is ``var`` where it has the
+    official width (imagenet256); otherwise (tiny: head_dim 8) a VAR of the same preset at
+    ``OFFICIAL_HEAD_DIM``, timed here, since the official code builds no other width."""
+    import torch
+
+    from varscale.models import build_var, load_official
+    from varscale.models.flops import var_train_flops
+
+    ours = var if var.cfg.head_dim == OFFICIAL_HEAD_DIM else \
+        build_var(preset, depth, device=a.device, head_dim=OFFICIAL_HEAD_DIM).train()
+    label, x, _ = batch
+    B, V = x.shape[0], ours.cfg.vocab_size
+    fl = var_train_flops(ours.cfg) * B
+    ovar = build_official(off, preset, depth, a.device)
+    load_official(None, ours, None, {k: v.detach().clone() for k, v in ovar.state_dict().items()})
+    ours.eval(), ovar.eval()
+    # the official forward drops labels in eval mode too; ours does not (docs/models.md)
+    ocd, ovar.cond_drop_rate = ovar.cond_drop_rate, 0.0
+    with torch.no_grad():
+        diff = (ours(label, x).float() - ovar(label, x).float()).abs().max().item()
+    ovar.cond_drop_rate = ocd
+    ours.train(), ovar.train()
+    t_off = _best_time(_train_step_fn(ovar, V, batch, a.device, sz["precision"] == "bf16"), sz["step_reps"], a.device)
+    res = {"official_step_s": t_off, "official_mfu": fl / t_off / peak, "max_abs_logit_diff_fp32": diff,
+           "official_head_dim": OFFICIAL_HEAD_DIM, "official_vae_ch": official_vae_ch(preset.ch)}
+    if not math.isfinite(diff):
+        res["official"] = f"failed: the largest logit difference is {diff}"
+    if ours is not var:  # ours at the official width, timed alike
+        t = _best_time(_train_step_fn(ours, V, batch, a.device, sz["precision"] == "bf16"), sz["step_reps"], a.device)
+        res.update(compared_n_params=ours.param_counts()["n_params"], compared_step_s=t,
+                   ratio_vs_official=t_off / t)
+    return res
+
+
+def _official_failure(e: BaseException) -> str:
+    """One line for the official code failing: a missing module is one of its requirements
+    (its requirements.txt) not installed here."""
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return (f"failed: the official code needs '{e.name}' (its requirements.txt), not installed "
+                f"here: pip install {e.name}")
+    return f"failed: {_one_line(e)}"
 
 
 # --------------------------------------------------------------------------- sections
@@ -183,7 +253,7 @@ def _train_step_fn(var, V: int, batch, device: str, bf16: bool):
 def section_train_step(a, sz) -> dict:
     import torch
 
-    from varscale.models import build_var, build_vqvae, get_preset, load_official
+    from varscale.models import build_var, build_vqvae, get_preset
     from varscale.models.flops import var_train_flops
     from varscale.train.peak import peak_flops
 
@@ -206,25 +276,14 @@ def section_train_step(a, sz) -> dict:
                                "n_params": var.param_counts()["n_params"], "flops_per_step": fl}
         if off is not None:
             try:  # the official model first, so ours gets its weights
-                ovar = build_official(off, preset, depth, a.device)
-                load_official(None, var, None, {k: v.detach().clone() for k, v in ovar.state_dict().items()})
-                var.eval(), ovar.eval()
-                # the official forward drops labels in eval mode too; ours does not (docs/models.md)
-                ocd, ovar.cond_drop_rate = ovar.cond_drop_rate, 0.0
-                with torch.no_grad():
-                    diff = (var(batch[0], x).float() - ovar(batch[0], x).float()).abs().max().item()
-                ovar.cond_drop_rate = ocd
-                var.train(), ovar.train()
-                t_off = _best_time(_train_step_fn(ovar, cfg.vocab_size, batch, a.device, bf16), sz["step_reps"], a.device)
-                row.update(official_step_s=t_off, official_mfu=fl / t_off / peak, max_abs_logit_diff_fp32=diff)
-                del ovar
+                row.update(compare_official(off, preset, depth, var, batch, a, sz, peak))
             except Exception as e:  # noqa: BLE001 - the official code's own imports and versions
-                row["official"] = f"failed: {_one_line(e)}"
+                row["official"] = _official_failure(e)
         else:
             row["official"] = "skipped: official code not found (--official or VAR_OFFICIAL=/path/to/VAR)"
         t = _best_time(_train_step_fn(var, cfg.vocab_size, batch, a.device, bf16), sz["step_reps"], a.device)
         row.update(step_s=t, images_per_s=B / t, mfu=fl / t / peak)
-        if "official_step_s" in row:
+        if "official_step_s" in row and "ratio_vs_official" not in row:
             row["ratio_vs_official"] = row["official_step_s"] / t  # > 1: ours is faster
         rows.append(row)
         del var, vae
@@ -399,8 +458,14 @@ def markdown(report: dict) -> str:
                        f"{_fmt(r.get('images_per_s'))} | {_fmt(r.get('mfu'))} | {_fmt(r.get('official_step_s'))} | "
                        f"{_fmt(r.get('official_mfu'))} | {_fmt(r.get('ratio_vs_official'))} | "
                        f"{_fmt(r.get('max_abs_logit_diff_fp32'))} |")
-        if ts["rows"][0].get("official", "").startswith("skipped"):
-            out.append(f"\nofficial: {ts['rows'][0]['official']}")
+        r0 = ts["rows"][0]
+        if str(r0.get("official", "")).startswith(("skipped", "failed")):
+            out.append(f"\nofficial: {r0['official']}")
+        elif "compared_step_s" in r0:
+            out.append(f"\nofficial: compared at the official width (head_dim {r0['official_head_dim']}, "
+                       f"ours at it: " + ", ".join(f"d{r['depth']} {_fmt(r.get('compared_step_s'))} s"
+                                                   for r in ts["rows"]) + "); the official VQVAE built "
+                       f"at ch {r0['official_vae_ch']} (its GroupNorm(32))")
     mem = s.get("memory", {})
     if mem.get("rows"):
         out += ["", "## memory (one rank)", "", "| ZeRO | depth | batch | peak GB | planner GB | peak / planner |",
