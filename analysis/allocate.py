@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import CI_LEVEL, DEFAULT_BOOT, percentile_ci
-from .predict import PredictError, Predictor, fit_predictor, predict
+from .predict import SHORT, PredictError, Predictor, fit_predictor, predict
 
 
 def optimal_allocation(P: Predictor, C: float, metric: str = "test_loss_avg") -> dict[str, Any]:
@@ -50,6 +50,9 @@ def allocate(study: Any, C: float, family: pd.DataFrame | None = None, metric: s
     lowest, with ``neighbours`` depths on either side and their predictions (how flat the
     optimum is). Returns {"continuous": {...}, "depths": DataFrame-as-records, "best": depth}."""
     P = study if isinstance(study, Predictor) else fit_predictor(study, n_boot=n_boot, seed=seed)
+    if metric not in P.chin:
+        raise PredictError(f"{P.study}: no law of {SHORT[metric]} (the study has no values of it); "
+                           f"its laws are of {', '.join(SHORT[m] for m in P.chin)}")
     if not (C > 0):
         raise PredictError(f"--flops {C}: a compute budget must be > 0")
     fam = family_of(P) if family is None else family.sort_values("depth").reset_index(drop=True)

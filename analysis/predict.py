@@ -46,7 +46,7 @@ import pandas as pd
 from . import headline as H
 from .bootstrap import CI_LEVEL, DEFAULT_BOOT, Fit, StudyResample, percentile_ci
 from .chinchilla import fit_chinchilla
-from .fitting import warning_notes
+from .fitting import present_metrics, warning_notes
 from .frontier import pareto_mask
 from .load import LOSSES, METRICS
 from .results import FloorEntry
@@ -195,15 +195,20 @@ def _frontier_fit(x, y, ids, boot: StudyResample, E: float | None, Es) -> dict:
 
 
 def fit_predictor(study, n_boot: int = DEFAULT_BOOT, seed: int = 0, use_floor: bool = True,
-                  metrics: Sequence[str] = METRICS, starts: np.ndarray | None = None) -> Predictor:
+                  metrics: Sequence[str] | None = None, starts: np.ndarray | None = None) -> Predictor:
     """Fit every law a prediction needs on a study's finished runs (see module doc).
 
     ``study``: a :class:`~analysis.study.Study`, a study folder or a table of evaluations
-    (``as_study``); ``metrics``: the metrics to fit (all four by default); ``starts``:
+    (``as_study``); ``metrics``: the metrics to fit (default: those the study has values of,
+    ``analysis.fitting.present_metrics``: all four for a trained study, one loss for an
+    imported table that has one); ``starts``:
     Approach 3's starts (default Hoffmann's 4,500-point grid; the calibration uses a subset).
     Raises :class:`PredictError` (one sentence) when the study has too few finished runs.
     """
     study = as_study(study)
+    metrics = present_metrics(study.evaluations) if metrics is None else metrics
+    if not metrics:
+        raise PredictError(f"{_name(study)}: no metric has values in the study: nothing to predict")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         P = _fit_predictor(study, n_boot, seed, use_floor, tuple(metrics), starts)

@@ -30,7 +30,7 @@ import pandas as pd
 from varscale.schema import atomic_write_bytes
 
 from .bootstrap import DEFAULT_BOOT, Fit
-from .load import METRICS
+from .fitting import present_metrics
 from .predict import (PREDICT_VERSION, Predictor, entropy_floors, fit_hash, fit_predictor, fitted_runs)
 from .results import FloorEntry
 from .study import Study, as_study
@@ -53,11 +53,14 @@ def cache_key(runs: pd.DataFrame, n_boot: int, seed: int, entropy: dict[str, flo
 
 
 def cached_predictor(study, n_boot: int = DEFAULT_BOOT, seed: int = 0,
-                     metrics: Sequence[str] = METRICS) -> Predictor:
+                     metrics: Sequence[str] | None = None) -> Predictor:
     """The study's predictor from its report folder when one was fitted on the same runs
     with the same settings, else fitted (``fit_predictor``) and written there. A study
-    without a folder (a table) is fitted each time. Raises ``PredictError`` as the fit."""
+    without a folder (a table) is fitted each time. ``metrics``: as ``fit_predictor``'s
+    (default: those the study has values of). Raises ``PredictError`` as the fit."""
     study = as_study(study)
+    if metrics is None:
+        metrics = present_metrics(study.evaluations)
     if study.layout is None:
         return fit_predictor(study, n_boot=n_boot, seed=seed, metrics=metrics)
     runs = fitted_runs(study)

@@ -100,15 +100,26 @@ def test_a_table_of_30_runs_imports_and_fits(tmp_path, capsys):
     assert "no values of Err_last, Err_avg in the study: not fitted" in rep["notes"]
 
 
-def test_a_table_of_final_runs_with_one_loss(tmp_path, capsys):
-    # one row per finished run, FLOPs only (D = C / 6N), a lone --loss: L_avg, the rest absent
-    Ns = np.repeat([3e7, 1e8, 3e8, 1e9], 3)
-    Cs = np.tile([1e18, 4e18, 1.6e19], 4)
+FINAL_NS = np.repeat([3e7, 1e8, 3e8, 1e9], 3)
+FINAL_CS = np.tile([1e18, 4e18, 1.6e19], 4)
+
+
+def import_one_loss(tmp_path: Path, capsys) -> tuple[Path, str]:
+    """12 finished runs, one row each, FLOPs only (D = C / 6N), a lone --loss (stored as L_avg;
+    no depth column, no L_last, no error rates): the study folder and import's output."""
+    Ns, Cs = FINAL_NS, FINAL_CS
     t = pd.DataFrame({"Model Size": Ns, "Training FLOP": Cs, "loss": law(Ns, Cs / (6 * Ns))})
     t.to_csv(tmp_path / "finals.csv", index=False)
     rc, out, err = run_cli(capsys, "import", tmp_path / "finals.csv", tmp_path / "s", "--n", "Model Size",
                            "--flops", "Training FLOP", "--loss", "loss")
     assert rc == 0, err
+    return tmp_path / "s", out
+
+
+def test_a_table_of_final_runs_with_one_loss(tmp_path, capsys):
+    # one row per finished run, FLOPs only (D = C / 6N), a lone --loss: L_avg, the rest absent
+    Ns, Cs = FINAL_NS, FINAL_CS
+    _, out = import_one_loss(tmp_path, capsys)
     assert "D = C / (6 N), C from column 'Training FLOP'" in out
     assert "the loss in column 'loss' is stored as test_loss_avg (L_avg)" in out
     st = Study.load(tmp_path / "s")
@@ -123,6 +134,30 @@ def test_a_table_of_final_runs_with_one_loss(tmp_path, capsys):
     assert not rep.find("chinchilla", "test_loss_last") and not rep.find("power", "test_err_avg", frontier=True)
     assert "no values of L_last, Err_last, Err_avg in the study: not fitted" in rep.notes
     assert "12 slices, budget_tokens=" in " ".join(rep.notes)  # every run its own budget: one note for all
+
+
+def test_predict_and_allocate_use_the_one_loss_a_table_has(tmp_path, capsys):
+    dest, _ = import_one_loss(tmp_path, capsys)
+    N, C = 3e9, 1e20
+    rc, out, err = run_cli(capsys, "predict", dest, "--params", N, "--flops", C, "--n-boot", 20, "--json")
+    assert rc == 0, err
+    preds = json.loads(out)["predictions"]
+    assert [p["metric"] for p in preds] == ["test_loss_avg"]  # L_last and the error rates: no values
+    p = preds[0]
+    assert {"predicted", "ci_lo", "ci_hi", "pi_lo", "pi_hi", "floor", "reducible", "frontier", "x_N", "x_C",
+            "warning"} <= set(p)
+    assert p["predicted"] == pytest.approx(float(law(N, C / (6 * N))), rel=0.01)
+    rc, out, err = run_cli(capsys, "predict", dest, "--params", N, "--flops", C, "--n-boot", 20)
+    assert rc == 0 and "L_avg: E = " in out and "L_last" not in out, err
+    rc, out, err = run_cli(capsys, "allocate", dest, "--flops", C, "--n-boot", 20, "--json")
+    assert rc == 0, err
+    al = json.loads(out)
+    assert al["metric"] == "test_loss_avg"
+    a, b = LAW["alpha"], LAW["beta"]  # the law's own optimum at C = 6 N D
+    G = (a * LAW["A"] / (b * LAW["B"])) ** (1 / (a + b))
+    assert al["allocations"][0]["continuous"]["N_opt"] == pytest.approx(G * (C / 6) ** (b / (a + b)), rel=0.05)
+    rc, out, err = run_cli(capsys, "allocate", dest, "--flops", C, "--n-boot", 20, "--metric", "L_last")
+    assert rc == 2 and err == f"varscale allocate: --metric L_last: {dest} has no values of it; its laws are of L_avg\n"
 
 
 # --------------------------------------------------------------------------- the official trainer's logs

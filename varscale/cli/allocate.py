@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     C.positive("--max-depth", a.max_depth)
     C.positive("--neighbours", a.neighbours, allow_zero=True)
     cfg, P = study_and_predictor(a.study_dir, a.n_boot, a.seed)
+    has = [k for k, m in METRICS.items() if m in P.chin]
+    C.require(METRICS[a.metric] in P.chin, f"--metric {a.metric}: {P.study} has no values of it; "
+                                           f"its laws are of {', '.join(has)}")
     from analysis.allocate import allocate
 
     from varscale.models.family import model_family

@@ -143,7 +143,8 @@ def header_lines(df) -> list[str]:
     lines = [f"laws of {a['study']} (fit {a['fit_hash']}: Approach 3 over N and D per metric, "
              f"{a['n_boot']} resamples of its runs; fitted N {a['range_N'][0]:.3g}..{a['range_N'][1]:.3g}, "
              f"C {a['range_C'][0]:.3g}..{a['range_C'][1]:.3g})"]
-    lines += ["  " + floor_line(m, a["floor"].get(m)) for m in ("test_loss_last", "test_loss_avg")]
+    fitted = set(df["metric"]) if "metric" in df else set()
+    lines += ["  " + floor_line(m, a["floor"].get(m)) for m in ("test_loss_last", "test_loss_avg") if m in fitted]
     lines += [f"  note: {n}" for n in a.get("notes", [])]
     return lines
 
