@@ -21,10 +21,14 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
   "$venv/bin/python" -m pip install -q "$spec"
 fi
 
+# `pip install varscale` alone is the analysis half; the training extra brings DeepSpeed, tqdm
+# and submitit (torch is installed above), dev the tests and Jupyter. The stamp is the hash of
+# pyproject.toml and of the extras installed, so a change to either installs again.
+extras="train,dev"
 stamp="$venv/.varscale-stamp"
-want="$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16)"
+want="$( (cat "$root/pyproject.toml"; echo "$extras") | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] installing varscale[dev] (editable)"
-  DS_BUILD_OPS=0 "$venv/bin/python" -m pip install -q -e "$root[dev]"
+  echo "[setup] installing varscale[$extras] (editable)"
+  DS_BUILD_OPS=0 "$venv/bin/python" -m pip install -q -e "$root[$extras]"
   echo "$want" > "$stamp"
 fi

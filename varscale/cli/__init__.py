@@ -4,10 +4,17 @@ Each subcommand is one module of this package with ``main(argv) -> exit code``: 
 command's argparse and output, and calls the library function that does the work (which
 itself neither parses arguments nor exits). ``COMMANDS`` maps a name to that module and a
 one-line help; modules are imported only when their command runs, so ``varscale validate``
-does not pay for torch and deepspeed. ``fit`` and ``figures`` call the torch-free analysis
-package (``analysis.fitting``, ``analysis.figures``) and import no torch either.
+does not pay for torch and deepspeed. The analysis commands (``fit``, ``figures``, ``predict``,
+``allocate``, ``check``, ``import``, ``validate``, ``status``, ``plan``) call the torch-free
+analysis package and ``varscale.models.family`` and import no torch either: they work with
+``pip install varscale`` alone. The commands in ``NEEDS`` train or load a model: torch and
+DeepSpeed come with the training extra (``pip install 'varscale[train]'``), and without it
+such a command says so in one line (exit 2) before any work; so does any command whose work
+reaches an ``import torch`` / ``import deepspeed`` that fails for want of the package (e.g.
+``doctor`` on a study with checkpoints).
 
-Adding a command: a module here with ``main(argv)``, and one line in ``COMMANDS``.
+Adding a command: a module here with ``main(argv)``, and one line in ``COMMANDS`` (and one in
+``NEEDS`` when it trains or loads a model).
 """
 from __future__ import annotations
 
@@ -33,6 +40,43 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("varscale.cli.doctor", "check every file of a study: damaged, stale, what a rerun redoes"),
     "import": ("varscale.cli.import_", "runs trained elsewhere (a table, the official VAR logs) as a study to fit"),
 }
+
+
+# the commands that need the training extra, and what of it: torch is imported here (each of
+# these commands imports it at once anyway), DeepSpeed only looked up (``run``'s launcher never
+# imports it, its cells do; importing it costs seconds)
+NEEDS: dict[str, tuple[str, ...]] = {
+    "run": ("torch", "deepspeed"),
+    "train": ("torch", "deepspeed"),
+    "tokenizer": ("torch",),
+    "tokenize": ("torch",),
+    "sample": ("torch",),
+    "edit": ("torch",),
+    "quality": ("torch",),
+}
+TRAIN_EXTRA = "pip install 'varscale[train]'"
+EXTRA_MODULES = ("torch", "deepspeed")  # what the training extra brings that varscale's own install does not
+
+
+def missing_extra(cmd: str) -> str | None:
+    """Why ``cmd`` cannot run here (the first module of ``NEEDS[cmd]`` that does not import,
+    as its error's first line), or None when it can."""
+    import importlib.util
+
+    for name in NEEDS.get(cmd, ()):
+        if name == "torch":
+            try:
+                importlib.import_module("torch")
+            except ImportError as e:
+                return (str(e).splitlines() or [type(e).__name__])[0]
+        elif importlib.util.find_spec(name) is None:
+            return f"No module named {name!r}"
+    return None
+
+
+def needs_extra(cmd: str, why: str) -> int:
+    print(f"varscale {cmd} needs the training extra (torch, DeepSpeed): {TRAIN_EXTRA} ({why})", file=sys.stderr)
+    return 2
 
 
 def version() -> str:
@@ -67,9 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean '{m}'?)" if m else ""
         print(f"varscale: unknown command '{cmd}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    entry = importlib.import_module(COMMANDS[cmd][0]).main
+    if not {"-h", "--help"} & set(rest):  # a command's help needs nothing of the extra
+        why = missing_extra(cmd)
+        if why:
+            return needs_extra(cmd, why)
     try:
+        entry = importlib.import_module(COMMANDS[cmd][0]).main
         return int(entry(rest) or 0)
+    except ModuleNotFoundError as e:  # the work reached torch / deepspeed, and it is not installed
+        if e.name not in EXTRA_MODULES:
+            raise
+        return needs_extra(cmd, str(e))
     except BrokenPipeError:  # `varscale validate dir | head`: the reader left, nothing is wrong
         import os
 

@@ -6,7 +6,7 @@ run, n, depth, tokens, steps, batch, tokens_per_image, flops, step, loss, loss_a
 err_avg, err_last, budget, budget_unit; the options win), or the official VAR trainer's output
 (``--format var-log``: its log.txt files; ``--format tensorboard``: its event files; a folder
 of runs too; ``auto`` tells them apart). It writes the new study folder in varscale's own
-format (``analysis.importing``): metrics parts, run records, finished runs marked done, a
+format (``analysis.importstudy``): metrics parts, run records, finished runs marked done, a
 study.yaml, and imported.json, so that ``varscale fit / predict / allocate / figures / check``
 and the notebooks read it like a trained study, and ``varscale run`` refuses it.
 
@@ -117,6 +117,7 @@ def _preset(name: str) -> tuple[dict, object]:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from analysis import importing as I
+    from analysis import importstudy as W
     from varscale.models.presets import PRESETS
 
     C.require(a.preset is None or a.preset in PRESETS,
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     src = Path(a.source)
     C.require(src.exists(), f"{a.source}: no such file or folder")
     try:
-        I.check_target(a.study_dir)
+        W.check_target(a.study_dir)
         fmt = I.detect_format(src) if a.format == "auto" else a.format
         if fmt == "table":
             C.require(a.images_per_epoch is None,
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             depths = evals["depth"].dropna().astype(int).unique().tolist()
             if not depths and sizes is not None:
                 depths = nearest_depths(sizes, evals["n_params"].unique())
-            cfg = I.default_config(evals, preset, depths, cols.get("batch"))
+            cfg = W.default_config(evals, preset, depths, cols.get("batch"))
             columns = cols
         else:
             from analysis import varlogs as V
@@ -155,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             preset, sizes = _preset(name)
             evals, notes = V.evaluations(runs, a.images_per_epoch or V.IMAGENET_TRAIN_IMAGES, a.tokens_per_image,
                                          sizes, f"varscale's {name} model")
-            cfg = I.default_config(evals, preset, V.depths_of(runs), V.batch_of(runs))
+            cfg = W.default_config(evals, preset, V.depths_of(runs), V.batch_of(runs))
             columns = {"images_per_epoch": a.images_per_epoch or V.IMAGENET_TRAIN_IMAGES,
                        "tokens_per_image": a.tokens_per_image or "the run's patch_nums", "preset": name}
-        dest = I.write_study(a.study_dir, evals, source=str(src), fmt=fmt, columns=columns, notes=notes,
+        dest = W.write_study(a.study_dir, evals, source=str(src), fmt=fmt, columns=columns, notes=notes,
                              name=a.name, config=cfg)
     except I.ImportProblem as e:
         raise C.UsageError(str(e)) from None
