@@ -60,9 +60,18 @@ def _ci(ci, fmt="{:.4f}") -> str:
     return "" if not ci else "[" + ", ".join(fmt.format(v) for v in ci) + "]"
 
 
+def no_values(report: Report, m: str) -> bool:
+    """Whether the study had no values of metric ``m`` (an imported table with one loss): the
+    report has laws and none of ``m``, as ``fit_study`` fits every metric the study has values
+    of. A report without any law says nothing of it (False)."""
+    return bool(report.fits) and m not in report.floor and not any(f.metric == m for f in report.fits)
+
+
 def floor_lines(report: Report) -> list[str]:
-    """The floor of each loss, its source and interval (above every table)."""
-    return [H.floor_line(m, report.floor.get(m)) for m in LOSSES]
+    """The floor of each loss, its source and interval (above every table); "no values" for
+    a loss the study has none of."""
+    return [f"{SHORT[m]}: no values" if no_values(report, m) else H.floor_line(m, report.floor.get(m))
+            for m in LOSSES]
 
 
 def _floor_caption(report: Report) -> str:
@@ -73,7 +82,7 @@ def _floor_caption(report: Report) -> str:
             parts.append(f"{SHORT[m]} E = {d.E:.4g} ({d.source}"
                          + (", not resolved" if d.resolved is False else "") + ")")
         else:
-            parts.append(f"{SHORT[m]} no floor")
+            parts.append(f"{SHORT[m]} {'no values' if no_values(report, m) else 'no floor'}")
     return "floor: " + "; ".join(parts)
 
 

@@ -160,6 +160,35 @@ def test_predict_and_allocate_use_the_one_loss_a_table_has(tmp_path, capsys):
     assert rc == 2 and err == f"varscale allocate: --metric L_last: {dest} has no values of it; its laws are of L_avg\n"
 
 
+def test_figures_and_report_of_a_one_loss_table_without_depths(tmp_path, capsys):
+    from analysis.figures import figures_of
+
+    dest, _ = import_one_loss(tmp_path, capsys)
+    rc, out, err = run_cli(capsys, "fit", dest, "--n-boot", 0)
+    assert rc == 0 and "L_last: no values" in out and "L_avg: E = " in out, err
+    rc, out, err = run_cli(capsys, "figures", dest, "--formats", "png")
+    assert rc == 0, err
+    names = {p.name for p in (dest / "report").iterdir()}
+    assert {"fig5_vs_N.png", "fig6_vs_C.png", "training_curves.png"} <= names
+    assert "per_scale_loss_vs_N.png" not in names  # no loss per scale in a table
+    st = Study.load(dest)
+    figs = figures_of(st, fit_study(st, n_boot=0))
+    for name in ("fig5_vs_N", "fig6_vs_C"):  # one panel: L_avg, the one metric with values
+        assert [ax.get_ylabel()[:5] for ax in figs[name].axes] == ["L_avg"], name
+    legend = figs["fig5_vs_N"].legends[0]  # coloured by N: no depth column
+    assert legend.get_title().get_text() == "parameters N"
+    assert [t.get_text() for t in legend.get_texts()] == ["N=3e+07", "N=1e+08", "N=3e+08", "N=1e+09"]
+    # beyond 12 sizes a colour bar (a second axis) keys N
+    Ns = np.geomspace(1e7, 1e9, 16)
+    t = pd.DataFrame({"N": Ns, "D": 2e10, "loss": law(Ns, 2e10)})
+    t.to_csv(tmp_path / "many.csv", index=False)
+    assert run_cli(capsys, "import", tmp_path / "many.csv", tmp_path / "m", "--n", "N", "--tokens", "D",
+                   "--loss", "loss")[0] == 0
+    st = Study.load(tmp_path / "m")
+    fig = figures_of(st, fit_study(st, n_boot=0))["fig5_vs_N"]
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "parameters N" and not fig.legends
+
+
 # --------------------------------------------------------------------------- the official trainer's logs
 
 

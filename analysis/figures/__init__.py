@@ -30,8 +30,10 @@ cannot disagree. Nothing here opens a study file: the caller reads the study
 ``figures_of`` / ``make_figures`` (make.py) draw every figure the study allows and write them
 into ``report/`` by atomic renames. Figures are built on ``matplotlib.figure.Figure`` (no
 pyplot state), so they work in notebooks with any backend (``show`` displays one as a PNG)
-and the command line needs no display. Each depth has one colour in every figure
-(``depth_colors``). For notebooks, tables.py holds the report's floor, headline and
+and the command line needs no display. Each model size has one colour in every figure
+(``size_colors``: per depth, ``depth_colors``; per N in a study without depths, an imported
+table). Fig. 5 and 6 have a panel per metric the study has values of, and a study without
+losses per scale has no ``per_scale_loss_vs_N``. For notebooks, tables.py holds the report's floor, headline and
 extrapolation checks as tables, and ``stale`` (whether a report is the study's as it is now).
 """
 from .curves import has_isoflop, isoflop_figure, per_scale_loss_vs_N, quality_figure, training_curves
@@ -39,13 +41,13 @@ from .laws import NoHeadline, equation, fig5_vs_N, fig6_vs_C, has_reducible_head
 from .make import (ALT_FLOORS, FIT_OPTION, FLOOR_CHOICES, FORMATS, figures_of, floor_report, make_figures,
                    write_figures)
 from .samples import fig7_picks, fig7_samples
-from .style import (LABEL, MARKERS, PANELS, SOURCE_LABEL, SYMBOL, XLABEL, depth_colors, show, symbol,
-                    to_png)
+from .style import (LABEL, MARKERS, PANELS, SOURCE_LABEL, SYMBOL, XLABEL, SizeColors, depth_colors, show,
+                    size_colors, symbol, to_png)
 from .tables import extrapolation_table, floor_table, headline_table, stale
 
 __all__ = ["fig5_vs_N", "fig6_vs_C", "per_scale_loss_vs_N", "training_curves", "isoflop_figure",
            "quality_figure", "fig7_picks", "fig7_samples", "figures_of", "make_figures", "write_figures",
            "floor_report", "headline_rows", "has_reducible_headline", "has_isoflop", "NoHeadline",
            "power_line", "equation", "headline_table", "floor_table", "extrapolation_table", "stale",
-           "depth_colors", "show", "to_png", "symbol", "FLOOR_CHOICES", "ALT_FLOORS", "FIT_OPTION", "FORMATS",
+           "depth_colors", "size_colors", "SizeColors", "show", "to_png", "symbol", "FLOOR_CHOICES", "ALT_FLOORS", "FIT_OPTION", "FORMATS",
            "LABEL", "SYMBOL", "PANELS", "XLABEL", "MARKERS", "SOURCE_LABEL"]

@@ -11,7 +11,13 @@ from matplotlib.lines import Line2D
 
 from ..results import Report
 from ..study import Study
-from .style import LABEL, XLABEL, budget_name, depth_colors, log_axes
+from .style import LABEL, XLABEL, budget_name, depth_colors, log_axes, run_colors, size_colors, size_legend
+
+
+def has_per_scale(study: Study) -> bool:
+    """Whether any finished run has a loss per scale (an imported table has none)."""
+    fr = study.final
+    return "test_loss_by_scale" in fr and bool(fr["test_loss_by_scale"].notna().any())
 
 
 def per_scale_loss_vs_N(study: Study, report: Report, entropy: bool = True) -> Figure:
@@ -54,29 +60,31 @@ def per_scale_loss_vs_N(study: Study, report: Report, entropy: bool = True) -> F
 
 
 def training_curves(study: Study, colors=None) -> Figure:
-    """Test (all scales, last scale) and training loss vs tokens seen; colour = depth, line
-    style = budget."""
+    """Test (all scales, last scale) and training loss vs tokens seen, a panel for each the
+    study has values of (all-scale test loss always); colour = model size (depth, or N
+    without depths), line style = budget."""
     df = study.evaluations
-    colors = colors or depth_colors(df["depth"])
-    fig = Figure(figsize=(14, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
+    colors = colors or size_colors(df)
+    names = {"test_loss_avg": "test loss, all scales (nats)", "test_loss_last": "test loss, last scale (nats)",
+             "train_loss": "training loss (nats)"}
+    panels = [m for m in names if m == "test_loss_avg" or (m in df and df[m].notna().any())]
+    fig = Figure(figsize=(4.7 * len(panels) + 0.9, 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
     budgets = sorted(df["budget"].unique())
     styles = ["-", "--", ":", "-."]
     for rid, g in df.groupby("run_id"):
-        c = colors[int(g["depth"].iloc[0])]
+        c = run_colors(colors, g.iloc[:1])[0]
         ls = styles[budgets.index(g["budget"].iloc[0]) % len(styles)]
-        for ax, m in zip(axes, ("test_loss_avg", "test_loss_last", "train_loss")):
+        for ax, m in zip(axes, panels):
             ax.plot(g["tokens_seen"], g[m], ls, color=c, lw=1.2, marker=".", ms=3)
-    for ax, t in zip(axes, ("test loss, all scales (nats)", "test loss, last scale (nats)",
-                            "training loss (nats)")):
+    for ax, m in zip(axes, panels):
         ax.set_xscale("log")
         ax.set_xlabel(XLABEL["tokens_seen"])
-        ax.set_ylabel(t)
+        ax.set_ylabel(names[m])
         ax.grid(True, which="major", alpha=0.3)
-    hs = [Line2D([], [], color=c, label=f"d{d}") for d, c in colors.items()]
-    hs += [Line2D([], [], color="gray", ls=styles[i % 4], label=budget_name(study.budget_axis, b))
-           for i, b in enumerate(budgets)]
-    fig.legend(handles=hs, loc="outside right center", fontsize=8)
+    hs = [Line2D([], [], color="gray", ls=styles[i % 4], label=budget_name(study.budget_axis, b))
+          for i, b in enumerate(budgets)]
+    size_legend(fig, colors, extra=hs, marker="")
     return fig
 
 

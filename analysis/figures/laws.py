@@ -1,5 +1,6 @@
 """The paper's Fig. 5 (L and Err vs N per budget) and Fig. 6 (vs compute, with the Pareto
-frontier), drawn with the laws of a :class:`~analysis.results.Report`: each line is the fit
+frontier), a panel per metric the study has values of, each point coloured by its model
+size (``style.size_colors``), drawn with the laws of a :class:`~analysis.results.Report`: each line is the fit
 a headline row points at (``HeadlineRow.fit``, or ``fit_raw`` on a raw figure), drawn from
 its parameters (power form y = exp(b) x^alpha), never refitted, so a figure and the table
 cannot disagree. A report that has laws but no headline rows raises :class:`NoHeadline`.
@@ -17,8 +18,9 @@ from ..bootstrap import Fit
 from ..frontier import pareto_mask
 from ..results import FloorEntry, HeadlineRow, Report
 from ..study import Study
-from .style import (LABEL, LOSSES, MARKERS, PANELS, SYMBOL, XLABEL, budget_name, ci_text, depth_colors,
-                    depth_legend, log_axes, source_name, symbol)
+from ..fitting import present_metrics
+from .style import (LABEL, LOSSES, MARKERS, SYMBOL, XLABEL, budget_name, ci_text, log_axes, panel_figure,
+                    run_colors, size_colors, size_legend, source_name, symbol)
 
 ANNEALED = "annealed runs"  # the group of the frontier fitted on a WSD study's annealed runs
 
@@ -134,16 +136,17 @@ def _floor_title(fig: Figure, floors: dict[str, FloorEntry]) -> None:
 def fig5_vs_N(study: Study, report: Report, raw: bool = False, colors=None) -> Figure:
     """L and Err vs N (each finished run's final evaluation), one law per budget slice from
     ``report``'s headline; the headline quantity (a loss minus its study-wide floor E, error
-    rates raw), or every metric raw with ``raw``."""
+    rates raw), or every metric raw with ``raw``. One panel per metric the study has values
+    of (an imported table may have one loss)."""
     x_col = report.x
     fr = study.final
-    colors = colors or depth_colors(study.evaluations["depth"])
+    colors = colors or size_colors(study.evaluations)
     rows = headline_rows(report, "N")
-    fig = Figure(figsize=(11, 8.5), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
+    panels = present_metrics(study.evaluations)
+    fig, axes = panel_figure(len(panels))
     budgets = sorted(fr["budget"].unique()) if len(fr) else []
     used: dict[str, FloorEntry] = {}
-    for ax, m in zip(axes, PANELS):
+    for ax, m in zip(axes, panels):
         fl = _panel_floor(report, rows, m, raw)
         if fl is not None:
             used[m] = fl
@@ -155,7 +158,7 @@ def fig5_vs_N(study: Study, report: Report, raw: bool = False, colors=None) -> F
             y = g[m].to_numpy(float) - E
             marker = MARKERS[bi % len(MARKERS)]
             shade = str(0.15 + 0.5 * bi / max(len(budgets), 1))
-            ax.scatter(x, np.where(y > 0, y, np.nan), c=[colors[int(d)] for d in g["depth"]],
+            ax.scatter(x, np.where(y > 0, y, np.nan), c=run_colors(colors, g),
                        marker=marker, s=40, edgecolors="k", linewidths=0.4, zorder=3)
             label = study.slice_label(b)
             h = next((h for h in rows if h.metric == m and h.slice == label), None)
@@ -177,29 +180,30 @@ def fig5_vs_N(study: Study, report: Report, raw: bool = False, colors=None) -> F
         if handles:
             ax.legend(handles=handles, fontsize=7, loc="best", title="budget (marker)", title_fontsize=7)
     _floor_title(fig, used)
-    depth_legend(fig, colors)
+    size_legend(fig, colors)
     return fig
 
 
 def fig6_vs_C(study: Study, report: Report, raw: bool = False, colors=None) -> Figure:
     """Every cell's evaluation curve vs compute, the Pareto frontier C_min and the frontier
-    laws of ``report``'s headline (a WSD study: also its annealed runs and their law)."""
+    laws of ``report``'s headline (a WSD study: also its annealed runs and their law); one
+    panel per metric the study has values of."""
     c_col = report.compute
     df = study.evaluations
-    colors = colors or depth_colors(df["depth"])
+    colors = colors or size_colors(df)
     rows = headline_rows(report, "C")
     ann = study.annealed
-    fig = Figure(figsize=(11, 8.5), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
+    panels = present_metrics(df)
+    fig, axes = panel_figure(len(panels))
     used: dict[str, FloorEntry] = {}
-    for ax, m in zip(axes, PANELS):
+    for ax, m in zip(axes, panels):
         fl = _panel_floor(report, rows, m, raw)
         if fl is not None:
             used[m] = fl
         E = fl.E if fl is not None else 0.0
         for rid, g in df.groupby("run_id"):
             y = g[m].to_numpy(float) - E
-            ax.plot(g[c_col], np.where(y > 0, y, np.nan), "-", color=colors[int(g["depth"].iloc[0])],
+            ax.plot(g[c_col], np.where(y > 0, y, np.nan), "-", color=run_colors(colors, g.iloc[:1])[0],
                     lw=1, alpha=0.6)
         d = df[[c_col, m]].dropna()
         x = d[c_col].to_numpy(float)
@@ -234,7 +238,7 @@ def fig6_vs_C(study: Study, report: Report, raw: bool = False, colors=None) -> F
         ax.set_title(f"{'reducible ' if fl else ''}{SYMBOL[m]} vs compute (every evaluation of every cell)")
         ax.legend(fontsize=7, loc="best")
     _floor_title(fig, used)
-    depth_legend(fig, colors)
+    size_legend(fig, colors)
     return fig
 
 

@@ -16,10 +16,11 @@ from varscale.schema import atomic_write_bytes
 
 from ..results import Report, report_name
 from ..study import Study
-from .curves import has_isoflop, isoflop_figure, per_scale_loss_vs_N, quality_figure, training_curves
+from .curves import (has_isoflop, has_per_scale, isoflop_figure, per_scale_loss_vs_N, quality_figure,
+                     training_curves)
 from .laws import fig5_vs_N, fig6_vs_C, has_reducible_headline
 from .samples import fig7_samples
-from .style import depth_colors
+from .style import size_colors
 
 # auto: the default report (report/fits.json) and its floor; none: raw losses only; the others:
 # the report `varscale fit --floor-from <source>` (or --floor-last/--floor-avg: hand) writes
@@ -46,7 +47,7 @@ def figures_of(study: Study, report: Report, floor: str = "auto") -> dict[str, F
     on raw losses only; an alternative floor's report (entropy, chinchilla, hand) gives only
     its Fig. 5 and Fig. 6, named ``fig5_vs_N-floor-<source>``, beside the headline's."""
     floor_report(floor)  # a floor that is not a choice: ValueError
-    colors = depth_colors(study.evaluations["depth"])
+    colors = size_colors(study.evaluations)
     if floor in ALT_FLOORS:
         return {f"fig5_vs_N-floor-{floor}": fig5_vs_N(study, report, colors=colors),
                 f"fig6_vs_C-floor-{floor}": fig6_vs_C(study, report, colors=colors)}
@@ -56,7 +57,8 @@ def figures_of(study: Study, report: Report, floor: str = "auto") -> dict[str, F
     if not raw_only:
         figs["fig5_vs_N_raw"] = fig5_vs_N(study, report, True, colors)
         figs["fig6_vs_C_raw"] = fig6_vs_C(study, report, True, colors)
-    figs["per_scale_loss_vs_N"] = per_scale_loss_vs_N(study, report, entropy=floor != "none")
+    if has_per_scale(study):
+        figs["per_scale_loss_vs_N"] = per_scale_loss_vs_N(study, report, entropy=floor != "none")
     figs["training_curves"] = training_curves(study, colors)
     if has_isoflop(study, report):
         figs["isoflop"] = isoflop_figure(study, report, "test_loss_avg")
