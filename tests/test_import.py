@@ -369,14 +369,21 @@ def test_depth_column_gives_n_from_the_preset(tmp_path, capsys):
         assert (n, b) == (c["n_params"], c["n_params_blocks"])
 
 
-def test_varscale_run_refuses_an_imported_folder(tmp_path, capsys):
+def test_run_plan_and_the_tokenizer_refuse_an_imported_folder(tmp_path, capsys):
     src = small_table(tmp_path / "t.csv")
     assert run_cli(capsys, "import", src, tmp_path / "s", *ARGS)[0] == 0
+    before = sorted(p.name for p in (tmp_path / "s").iterdir())
     rc, out, err = run_cli(capsys, "run", tmp_path / "s")
     assert rc == 2
     assert err == (f"varscale run: {tmp_path / 's'} holds imported runs: there is nothing to train; "
                    "use varscale fit/predict/figures\n")
     assert not (tmp_path / "s" / "plan.json").exists() and not (tmp_path / "s" / "tokenizer").exists()
+    for argv in (["plan"], ["tokenize"], ["tokenizer", "train"], ["tokenizer", "eval"]):
+        rc, out, err = run_cli(capsys, *argv, tmp_path / "s")
+        assert rc == 2 and out == ""
+        assert err == (f"varscale {argv[0]}: {tmp_path / 's'} holds imported runs: there is nothing to train; "
+                       "use varscale fit/predict/figures\n")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before  # nothing written
     rc, out, err = run_cli(capsys, "doctor", tmp_path / "s")  # its files are checked, nothing is to redo
     assert rc == 0 and "holds imported runs (imported.json)" in out and "0 stale, 0 thing(s) a rerun would do" in out
 

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     C.positive("--flops-per-s", a.flops_per_s)
     C.positive("--threads", a.threads)
     C.positive("--n-boot", a.n_boot)
+    C.refuse_imported(a.study_dir)
     if a.predict_from:
         C.study_dir(a.predict_from)
     cfg = C.load_study(a.study_dir)

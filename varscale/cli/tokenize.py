@@ -20,6 +20,7 @@ def build_parser():
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     C.positive("--batch-size", args.batch_size)
+    C.refuse_imported(args.study_dir)
     C.study_dir(args.study_dir)
     cfg = C.load_study(args.study_dir)
     from varscale.tokenizer.cache import build_token_cache

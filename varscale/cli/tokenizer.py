@@ -24,6 +24,7 @@ def build_parser():
 @C.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    C.refuse_imported(args.study_dir)
     C.study_dir(args.study_dir)
     cfg = C.load_study(args.study_dir)
     from varscale.tokenizer.train import evaluate_tokenizer, train_tokenizer
