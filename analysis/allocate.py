@@ -4,8 +4,10 @@
 C = k N D (k the study's FLOPs per parameter-token), with intervals over the predictor's
 resamples. :func:`allocate`: that optimum and, over a model family (depths with their
 parameters and FLOPs per token), the depth whose predicted metric at C is lowest, with its
-neighbours. Takes a :class:`~analysis.predict.Predictor` (or a study, fitted here); opens no
-file (``varscale allocate`` prints).
+neighbours. :func:`frontier_check`: the law against the grid itself, per compute-frontier
+point the depth it was trained at against the depth recommended at its compute, apart in
+depth units. Takes a :class:`~analysis.predict.Predictor` (or a study, fitted here); opens
+no file (``varscale allocate`` prints).
 """
 from __future__ import annotations
 
@@ -84,3 +86,27 @@ def family_of(P: Predictor) -> pd.DataFrame:
     return pd.DataFrame({"n_params": r.groupby("depth")["n_params"].first(),
                          "flops_per_token": (r["flops"] / r["tokens_seen"]).groupby(r["depth"]).median()}
                         ).reset_index().sort_values("depth").reset_index(drop=True)
+
+
+def frontier_check(P: Predictor, family: pd.DataFrame, metric: str = "test_loss_avg") -> list[dict[str, Any]]:
+    """For each point on the compute frontier of the finished runs' final evaluations (fewest
+    FLOPs for its ``metric``, by ``analysis.frontier.pareto_mask``): the depth it was trained
+    at against the depth :func:`allocate` recommends among ``family``'s depths (the study's
+    own) at its compute. ``depth_apart`` is in depth units (d6 against d4: 2), ``steps_apart``
+    in places of the family's list (d6 against d4 in 1, 2, 4, 6, 8: 1); ``within_one`` is
+    ``depth_apart <= 1``."""
+    from .frontier import pareto_mask
+
+    r = P.runs
+    m = pareto_mask(r["flops"].to_numpy(float), r[metric].to_numpy(float))
+    pts = r[m].sort_values("flops")
+    depths = [int(d) for d in family["depth"]]
+    out = []
+    for _, p in pts.iterrows():
+        al = allocate(P, float(p["flops"]), family=family, metric=metric, neighbours=0)
+        trained, best = int(p["depth"]), int(al["best"])
+        steps = abs(depths.index(trained) - depths.index(best)) if trained in depths else None
+        out.append({"run_id": p["run_id"], "flops": float(p["flops"]), "depth": trained,
+                    "observed": float(p[metric]), "recommended": best, "steps_apart": steps,
+                    "depth_apart": abs(trained - best), "within_one": abs(trained - best) <= 1})
+    return out

@@ -1,32 +1,54 @@
-"""Predictions written before a study trains, and the check of them once it has.
+"""Predictions registered before a study trains, and the check of them once it has.
 
-``predictions.json`` (``StudyLayout.predictions_json``) is written by ``varscale plan <study>
---predict-from <pilot>`` before any cell of the study trains: per planned run (the runs
-whose final evaluation is a result: a WSD study's decay branches, not its stable runs) the
-pilot's predicted L_last, L_avg, Err_last, Err_avg with their intervals
-(``analysis.predict``), and the pilot's ``fit_hash`` (its finished runs, the resamples, the
-method), so the predictions can be traced to the exact fit they came from. Once a run has
+**The record.** ``predictions.json`` (``StudyLayout.predictions_json``, committed to git: the
+one file of a study folder besides ``study.yaml`` that is) is written by ``varscale plan
+<study> --predict-from <pilot>`` before any cell of the study trains: per planned run (the
+runs whose final evaluation is a result: a WSD study's decay branches, not its stable runs)
+the pilot's predicted L_last, L_avg, Err_last, Err_avg with their intervals
+(``analysis.predict``), and what the predictions depend on: the pilot's ``fit_hash`` (its
+finished runs to 10 digits, the resamples, the method) and ``rows_hash`` (the exact rows
+fitted, ``analysis.predict.rows_hash``), the target study's ``study_config_hash``
+(``StudyConfig.hash()``), the ``code`` (``varscale.__version__`` and the git commit when the
+code runs from a git checkout) and the time ``written`` (UTC, microseconds). Once a run has
 trained the file is not overwritten (a prediction made after the fact is no prediction).
 
-``varscale check <study>`` (alias ``varscale fit <study> --check-predictions``;
-:func:`check_predictions`) sets every finished target run's observed final metrics (from the
-target's :class:`~analysis.study.Study`) against the predictions: the signed relative
-error, whether the observation lies in the 95% interval of a new run (``pi``) and of the
-law (``ci``), and per metric the mean absolute and the largest error and the coverage.
-A diagnosis says which term of the law the errors point to: targets that extend the model
-size (N beyond the pilot's) against those that extend only the tokens (D beyond), and a
-common offset (the floor). With the pilot's Study, its fit hash is computed again: a pilot
-changed since the predictions were written is a note. :func:`write_check` writes
-``report/predictions-check.{json,md}`` atomically. The predictions file is this module's own
-(read and written here); the studies' evaluations come in as Study objects.
+**The check.** ``varscale check <study>`` (alias ``varscale fit <study> --check-predictions``;
+:func:`check_predictions`) first asks, per target run, whether it was **pre-registered**:
+
+1. its first evaluation came after the predictions were written: the earliest ``time`` the
+   trainer wrote into its metrics rows (``METRICS_SCHEMA``: UTC, set when the evaluation's row
+   is made, kept through resumes and part repairs, unchanged by copying or cloning the
+   folder, which resets file times) or, if earlier, the modification time of any of its
+   metrics part files (a part without a readable row still counts); for a WSD decay branch
+   its stable run's evaluations count too (the branch continues them);
+2. the pilot's current finished runs give the recorded ``fit_hash`` and ``rows_hash``;
+3. the target study's config is the one predicted for: ``study.yaml`` hashes to the recorded
+   ``study_config_hash``, it still plans the target's run id, and the cell's own
+   ``config.json`` (when written) gives that run id (:class:`TargetConfig`, which the
+   command reads: this package reads no config).
+
+A failure of any, or one that cannot be verified (no pilot here, no study.yaml), makes the
+target "not pre-registered", in the table and in the summary line. A target with no
+evaluation yet is "not trained yet".
+
+Then every finished target's observed final metrics (from the target's
+:class:`~analysis.study.Study`) against the predictions: the signed relative error, whether
+the observation lies in the 95% interval of a new run (``pi``) and of the law (``ci``), and
+per metric the mean absolute and the largest error, the coverage, and which term of the law
+the errors point to, by the fixed rule of :func:`diagnose` (docs/prediction.md, "Which term
+is at fault"). :func:`write_check` writes ``report/predictions-check.{json,md}`` atomically.
+The predictions file is this module's own (read and written here); the studies' evaluations
+come in as Study objects.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
-import time
+import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,10 +56,22 @@ import pandas as pd
 from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json, json_problem
 
 from .load import METRICS
-from .predict import SHORT, fit_hash
+from .predict import SHORT, PredictError, fit_hash, fitted_runs, rows_hash
 from .study import Study, as_study
 
-FORMAT = 1
+FORMAT = 2  # 2: rows_hash, code, run_sd, fitted tokens range, x_D, written to the microsecond
+
+# the rule of diagnose(): each test at 95%
+CHI2_LEVEL = 0.95
+SIGN_Z = 2.0  # a curve's value counts as a sign beyond noise at 2 run scatters
+TERMS = {
+    "none": "none: the errors are a run's own scatter",
+    "floor": "the floor E",
+    "N": "the model-size term A/N^alpha",
+    "D": "the data term B/D^beta",
+    "curvature": "curvature: the law's shape",
+    "unexplained": "no single term",
+}
 
 
 class CheckError(ValueError):
@@ -49,15 +83,63 @@ def _f(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def prediction_record(pred: pd.DataFrame, targets: list[dict], pilot: str, study_hash: str) -> dict:
+# --------------------------------------------------------------------------- the record
+
+
+def utc_now() -> str:
+    """The time now, UTC, to the microsecond: ``2026-12-03T12:51:56.123456Z``."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(s) -> _dt.datetime | None:
+    """A time as written in a record (ISO 8601, ``Z`` or an offset; naive is UTC), or None."""
+    if not isinstance(s, str) or not s:
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=_dt.timezone.utc)
+
+
+def code_version() -> dict[str, Any]:
+    """The code that writes a record: ``varscale.__version__`` and, when the package runs
+    from a git checkout, its commit and whether tracked files differ from it (None outside a
+    checkout or without git)."""
+    import varscale
+
+    out: dict[str, Any] = {"varscale": varscale.__version__, "git_commit": None, "git_dirty": None}
+    where = Path(varscale.__file__).resolve().parent
+
+    def git(*args) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit and len(commit.strip()) >= 40:
+        out["git_commit"] = commit.strip()
+        status = git("status", "--porcelain", "--untracked-files=no")
+        out["git_dirty"] = None if status is None else bool(status.strip())
+    return out
+
+
+def prediction_record(pred: pd.DataFrame, targets: list[dict], pilot: str, study_hash: str,
+                      code: dict | None = None) -> dict:
     """predictions.json's content from ``analysis.predict.predict``'s frame; ``targets`` are
-    the planned runs (run_id, depth, n_params, tokens, flops), predicted with label = run_id."""
+    the planned runs (run_id, depth, n_params, tokens, flops), predicted with label = run_id;
+    ``study_hash`` the target study's ``StudyConfig.hash()``; ``code`` (default
+    :func:`code_version`) the code writing it. ``written`` is the time now."""
     a = pred.attrs
-    out = {"format": FORMAT, "pilot": str(pilot), "fit_hash": a["fit_hash"], "n_boot": a["n_boot"],
-           "seed": a["seed"], "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "study_config_hash": study_hash,
+    out = {"format": FORMAT, "pilot": str(pilot), "fit_hash": a["fit_hash"], "rows_hash": a.get("rows_hash"),
+           "n_boot": a["n_boot"], "seed": a["seed"], "study_config_hash": study_hash,
+           "code": code_version() if code is None else code,
            "floor": {m: {"E": fe.E, "source": fe.source, "ci": fe.ci} for m, fe in a["floor"].items()},
-           "fitted_range": {"n_params": list(a["range_N"]), "flops": list(a["range_C"])},
+           "fitted_range": {"n_params": list(a["range_N"]), "tokens": list(a["range_D"]) if "range_D" in a else None,
+                            "flops": list(a["range_C"])},
+           "run_sd": {m: _f(v) for m, v in a.get("run_sd", {}).items()},
            "notes": list(a.get("notes", [])), "targets": []}
     for t in targets:
         rows = pred[pred["target"] == t["run_id"]]
@@ -69,8 +151,9 @@ def prediction_record(pred: pd.DataFrame, targets: list[dict], pilot: str, study
                                  "reducible_ci": [_f(r["reducible_lo"]), _f(r["reducible_hi"])],
                                  "frontier": _f(r["frontier"]), "frontier_ci": [_f(r["frontier_lo"]), _f(r["frontier_hi"])]}
         first = rows.iloc[0]
-        out["targets"].append({**t, "x_N": _f(first["x_N"]), "x_C": _f(first["x_C"]),
-                               "warning": first["warning"], "metrics": mets})
+        out["targets"].append({**t, "x_N": _f(first["x_N"]), "x_D": _f(first["x_D"]) if "x_D" in first else None,
+                               "x_C": _f(first["x_C"]), "warning": first["warning"], "metrics": mets})
+    out["written"] = utc_now()  # last: after everything the record holds was computed
     return out
 
 
@@ -106,38 +189,318 @@ def write_predictions(study_dir, record: dict) -> tuple[bool, str]:
             return False, (f"{lay.predictions_json} kept: {len(begun)} target run(s) have trained since it was "
                            "written; a prediction made now would not be one (delete the file to write it anyway)")
     atomic_write_json(lay.predictions_json, record)
-    return True, f"wrote {lay.predictions_json} (pilot fit {record['fit_hash']})"
+    return True, (f"wrote {lay.predictions_json} (pilot fit {record['fit_hash']}, written {record['written']}); "
+                  f"commit it before any target trains: git add {lay.predictions_json} && git commit")
 
 
-def _diagnose(rows: list[dict], metric: str) -> str:
-    """Which term of the law the errors point to (see module doc)."""
+# --------------------------------------------------------------------------- pre-registration
+
+
+@dataclass
+class TargetConfig:
+    """What the target study's config says now (``varscale check`` reads it from study.yaml
+    and the cells' config.json; ``analysis`` reads no config)."""
+
+    study_hash: str | None  # StudyConfig.hash() of study.yaml now
+    planned: frozenset[str] = frozenset()  # the run ids study.yaml plans now
+    cell_ids: dict[str, str | None] = field(default_factory=dict)  # run id -> the run id its config.json gives (None: unreadable)
+    parents: dict[str, str] = field(default_factory=dict)  # a WSD decay branch's run id -> its stable run's
+
+
+def first_evaluation(study: Study, run_ids: Sequence[str]) -> tuple[_dt.datetime | None, str]:
+    """The earliest evaluation of any of ``run_ids`` (a target and, for a WSD branch, its
+    stable run): the earliest of the ``time`` its rows carry and its metrics parts' file
+    modification times; (None, "") when it has none. The second value says which it was."""
+    best: tuple[_dt.datetime, str] | None = None
+    ev = study.evaluations
+    if len(ev) and "time" in ev and "run_id" in ev:
+        t = pd.to_datetime(ev.loc[ev["run_id"].isin(list(run_ids)), "time"], utc=True, errors="coerce").dropna()
+        if len(t):
+            best = (t.min().to_pydatetime(), "row time")
+    if study.layout is not None:
+        for r in run_ids:
+            for p in study.layout.cell(r).metrics_parts():
+                try:
+                    mt = _dt.datetime.fromtimestamp(p.stat().st_mtime, _dt.timezone.utc)
+                except OSError:
+                    continue
+                if best is None or mt < best[0]:
+                    best = (mt, f"file time of {r}/metrics/{p.name}")
+    return best if best is not None else (None, "")
+
+
+def _pilot_state(rec: dict, pilot: Study | None, pilot_problem: str | None) -> dict[str, Any]:
+    """Whether the pilot's current finished runs give the recorded fit and rows hashes."""
+    name = rec.get("pilot") or (None if pilot is None else str(pilot.root or pilot.name))
+    st: dict[str, Any] = {"ok": None, "why": "", "fit_hash_now": None, "rows_hash_now": None}
+    if pilot is None:
+        st["why"] = f"pilot {name} not re-checked ({pilot_problem or 'not given'})"
+        return st
+    try:
+        runs = fitted_runs(pilot)
+    except PredictError as e:
+        st["why"] = f"pilot {name} gives no fit now ({e})"
+        st["ok"] = False
+        return st
+    st["fit_hash_now"] = fit_hash(runs, int(rec.get("n_boot", 0)), int(rec.get("seed", 0)))
+    st["rows_hash_now"] = rows_hash(runs)
+    why = []
+    if st["fit_hash_now"] != rec.get("fit_hash"):
+        why.append(f"fit {rec.get('fit_hash')} then, {st['fit_hash_now']} now")
+    if not rec.get("rows_hash"):
+        why.append("the predictions record no rows hash (written before format 2)")
+    elif st["rows_hash_now"] != rec.get("rows_hash"):
+        why.append(f"rows {rec.get('rows_hash')} then, {st['rows_hash_now']} now")
+    st["ok"] = not why
+    st["why"] = f"the pilot {name} has changed since the predictions were written ({'; '.join(why)})" if why else ""
+    return st
+
+
+def _config_state(rec: dict, run_id: str, config: TargetConfig | None, config_problem: str | None) -> tuple[bool | None, str]:
+    if config is None:
+        return None, f"study.yaml not re-checked ({config_problem or 'not given'})"
+    why = []
+    if config.study_hash != rec.get("study_config_hash"):
+        why.append(f"study.yaml hashes to {config.study_hash} now, {rec.get('study_config_hash')} when predicted")
+    if run_id not in config.planned:
+        why.append("study.yaml no longer plans this run")
+    if run_id in config.cell_ids and config.cell_ids[run_id] != run_id:
+        got = config.cell_ids[run_id]
+        why.append(f"its config.json is {'unreadable' if got is None else 'the config of ' + got}")
+    return (not why), "; ".join(why)
+
+
+def preregistration(study: Study, rec: dict, pilot: Study | None = None, pilot_problem: str | None = None,
+                    config: TargetConfig | None = None, config_problem: str | None = None) -> dict[str, Any]:
+    """Per target, whether it was pre-registered (see module doc): {"written", "pilot",
+    "targets": [{run_id, first_evaluation, source, after, pilot_ok, config_ok, pre_registered,
+    why}], "started", "pre_registered"}. ``pre_registered`` is None for a target with no
+    evaluation yet."""
+    written = parse_time(rec.get("written"))
+    pil = _pilot_state(rec, pilot, pilot_problem)
+    out = []
+    for t in rec["targets"]:
+        rid = t["run_id"]
+        ids = [rid] + ([config.parents[rid]] if config is not None and rid in config.parents else [])
+        first, source = first_evaluation(study, ids)
+        cfg_ok, cfg_why = _config_state(rec, rid, config, config_problem)
+        row = {"run_id": rid, "first_evaluation": None if first is None else first.isoformat(), "source": source,
+               "after": None, "pilot_ok": pil["ok"], "config_ok": cfg_ok, "pre_registered": None, "why": []}
+        if first is None:
+            row["why"] = ["not trained yet"]
+            out.append(row)
+            continue
+        why = []
+        if written is None:
+            why.append("the predictions record no time written")
+        else:
+            row["after"] = first > written
+            if not row["after"]:
+                why.append(f"first evaluation {first.isoformat(timespec='seconds')} ({source}) is not after "
+                           f"the predictions ({rec.get('written')})")
+        if not pil["ok"]:
+            why.append(pil["why"])
+        if not cfg_ok:
+            why.append(cfg_why)
+        row["pre_registered"] = not why
+        row["why"] = why
+        out.append(row)
+    begun = [r for r in out if r["pre_registered"] is not None]
+    return {"written": rec.get("written"), "pilot": pil, "targets": out, "started": len(begun),
+            "pre_registered": sum(bool(r["pre_registered"]) for r in begun)}
+
+
+# --------------------------------------------------------------------------- which term
+
+
+def extrapolation(x: float, lo: float | None, hi: float | None) -> float:
+    """How far ``x`` lies beyond a fitted range, in e-folds: ln(x / hi) above it, ln(x / lo)
+    (negative) below it, 0 inside."""
+    if x is None or not (x > 0):
+        return 0.0
+    if hi is not None and x > hi:
+        return math.log(x / hi)
+    if lo is not None and x < lo:
+        return math.log(x / lo)
+    return 0.0
+
+
+def _chi2(dof: int) -> float:
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(CHI2_LEVEL, dof)) if dof > 0 else 0.0
+
+
+def diagnose(err, observed, u, v, logC, sigma: float) -> dict[str, Any]:
+    """Which term of L = E + A/N^alpha + B/D^beta the errors of a set of targets point to, by
+    a fixed rule (docs/prediction.md, "Which term is at fault").
+
+    ``err``: (predicted - observed) / observed per target; ``observed`` the observed values;
+    ``u``, ``v``: how far each target lies beyond the pilot's sizes and token counts
+    (:func:`extrapolation`, e-folds); ``logC`` its log compute; ``sigma``: a run's relative
+    scatter about the law (the noise). With z = err / sigma, S0 = sum z^2 and chi2_95(k) the
+    95% point of a chi-square with k degrees of freedom:
+
+    - three patterns, each fitted to z by least squares with one coefficient: the **floor**
+      (the same absolute offset on every target: err proportional to 1 / observed), the **N
+      term** (err proportional to u: zero inside the fitted sizes, growing with N beyond
+      them), the **D term** (proportional to v); a pattern that is zero at every target is not
+      tried. S_p: the sum of squared residuals, gain_p = S0 - S_p. The **curve**: a quadratic
+      in log C (3 coefficients), S_q; it "changes sign" when its values at the targets reach
+      both +2 and -2 (in z) (n >= 4 targets);
+    1. **none** when S0 <= chi2_95(n) and every gain_p <= chi2_95(1) (3.84): the errors are
+       a run's scatter;
+    2. **curvature** when the curve changes sign and lowers the squared residuals below the
+       best pattern's by more than chi2_95(2) (5.99, its two more coefficients), or below S0
+       by more than chi2_95(3) (7.81) when no pattern is significant;
+    3. else the pattern with the largest gain, when that gain exceeds 3.84; the patterns whose
+       S_p is within 3.84 of its are named beside it (these targets do not tell them apart),
+       and ``rest_beyond_noise`` says whether its S_p exceeds chi2_95(n - 1);
+    4. else **unexplained**: errors beyond a run's scatter that no term and no curve explain.
+
+    Fewer than 3 targets, or no noise scale, give no diagnosis (term None).
+    Returns {"term", "also", "rest_beyond_noise", "n", "sigma", "chi2", "chi2_limit", "gain",
+    "coef" (err = coef x pattern), "floor_offset" (predicted - observed the floor pattern
+    gives), "curve", "text"}."""
+    e, obs = np.asarray(err, float), np.asarray(observed, float)
+    u, v, w = np.asarray(u, float), np.asarray(v, float), np.asarray(logC, float)
+    n = int(e.size)
+    out: dict[str, Any] = {"term": None, "also": [], "rest_beyond_noise": False, "n": n, "sigma": sigma,
+                           "chi2": None, "chi2_limit": None, "gain": {}, "coef": {}, "curve": None, "text": ""}
+    if n < 3 or sigma is None or not (sigma > 0) or not np.isfinite(e).all():
+        out["text"] = (f"too few targets ({n}) to name a term" if n < 3 else "no noise scale: no diagnosis")
+        return out
+    z = e / sigma
+    S0 = float(z @ z)
+    d1 = _chi2(1)
+    pats = {"floor": obs.mean() / obs, "N": u, "D": v}
+    S, coef = {}, {}
+    for k, g in pats.items():
+        gz = g / sigma
+        if not (np.abs(gz) > 1e-12).any():
+            continue
+        c = float(z @ gz / (gz @ gz))
+        S[k] = float(((z - c * gz) ** 2).sum())
+        coef[k] = c  # err = c * pattern (z = c * pattern / sigma)
+    gain = {k: S0 - s for k, s in S.items()}
+    out.update(chi2=S0, chi2_limit=_chi2(n), gain=gain, coef=coef)
+    if "floor" in coef:
+        out["floor_offset"] = coef["floor"] * float(obs.mean())  # predicted - observed, in the metric's units
+    if S0 <= _chi2(n) and all(g <= d1 for g in gain.values()):
+        out["term"] = "none"
+        return out
+    best = max(gain, key=gain.get) if gain else None
+    significant = best is not None and gain[best] > d1
+    if n >= 4:
+        wc = w - w.mean()
+        X = np.stack([np.ones(n), wc, wc ** 2], 1) / sigma
+        if np.linalg.matrix_rank(X) == 3:
+            coefs, *_ = np.linalg.lstsq(X, z, rcond=None)
+            fit = X @ coefs  # in z units
+            Sq = float(((z - fit) ** 2).sum())
+            signs = bool(fit.max() >= SIGN_Z and fit.min() <= -SIGN_Z)
+            out["curve"] = {"chi2": Sq, "min_z": float(fit.min()), "max_z": float(fit.max()), "changes_sign": signs}
+            better = (S[best] - Sq > _chi2(2)) if significant else (S0 - Sq > _chi2(3))
+            if signs and better:
+                out["term"] = "curvature"
+                return out
+    if significant:
+        out["term"] = best
+        out["also"] = [k for k in S if k != best and S[k] - S[best] <= d1]
+        out["rest_beyond_noise"] = bool(S[best] > _chi2(n - 1))
+        return out
+    out["term"] = "unexplained"
+    return out
+
+
+def _noise(rec: dict, rows: list[dict], metric: str) -> tuple[float | None, str]:
+    """A run's relative scatter for ``metric``: the record's ``run_sd`` (the pilot's
+    residuals), else from the intervals (a new run's interval is the law's widened by it)."""
+    sd = (rec.get("run_sd") or {}).get(metric)
+    if sd is not None and sd > 0:
+        return float(sd), "the pilot's residuals"
+    s = []
+    for r in rows:
+        (plo, phi), (clo, chi) = r["pi"], r["ci"]
+        if None in (plo, phi, clo, chi) or min(plo, clo) <= 0:
+            continue
+        hp, hc = math.log(phi / plo) / 2 / 1.96, math.log(chi / clo) / 2 / 1.96
+        s.append(math.sqrt(max(hp * hp - hc * hc, 0.0)))
+    return (float(np.median(s)), "the intervals") if s and np.median(s) > 0 else (None, "")
+
+
+def _diagnose(rows: list[dict], metric: str, rec: dict | None = None) -> dict[str, Any]:
+    """:func:`diagnose` on the finished targets of one metric, with its sentence."""
+    rec = rec or {}
     r = [x for x in rows if x["metric"] == metric and x["err"] is not None]
     if not r:
-        return ""
+        return {"term": None, "text": ""}
+    rng = rec.get("fitted_range") or {}
+    nlo, nhi = (rng.get("n_params") or [None, None])[:2]
+    dlo, dhi = (rng.get("tokens") or [None, None])[:2]
+
+    def v_of(x):
+        if dhi is not None:
+            return extrapolation(x["tokens"], dlo, dhi)
+        # an older record: D over the largest fitted D is about x_C / x_N (the largest-C run
+        # is the largest model at the largest budget in a grid)
+        xd = (x["x_C"] / x["x_N"]) if x.get("x_C") and x.get("x_N") else None
+        return math.log(xd) if xd and xd > 1 else 0.0
+
+    u = [extrapolation(x["n_params"], nlo, nhi) if nhi is not None
+         else (math.log(x["x_N"]) if x.get("x_N") and x["x_N"] > 1 else 0.0) for x in r]
+    v = [v_of(x) for x in r]
+    logC = [math.log(x["flops"]) if x.get("flops") else 0.0 for x in r]
+    sigma, source = _noise(rec, r, metric)
+    d = diagnose([x["err"] for x in r], [x["observed"] for x in r], u, v, logC, sigma)
+    d["sigma_source"] = source
     errs = np.array([x["err"] for x in r])
-    beyondN = np.array([x["x_N"] is not None and x["x_N"] > 1.0 + 1e-9 for x in r])
+    beyondN = np.array(u) != 0
+    beyondD = (np.array(v) != 0) & ~beyondN
     parts = []
     if beyondN.any():
-        parts.append(f"larger models (N up to {max(x['x_N'] for x in r):.2g}x the pilot's): mean "
+        xs = [x["n_params"] / nhi if nhi else x["x_N"] for x, b in zip(r, beyondN) if b]
+        parts.append(f"beyond the pilot's sizes (N {min(xs):.2g}x-{max(xs):.2g}x its largest): mean "
                      f"{100 * errs[beyondN].mean():+.2f}%")
-    if (~beyondN).any():
-        parts.append(f"more tokens at a fitted size: mean {100 * errs[~beyondN].mean():+.2f}%")
-    mN = float(errs[beyondN].mean()) if beyondN.any() else 0.0
-    mD = float(errs[~beyondN].mean()) if (~beyondN).any() else 0.0
-    side = lambda m: "higher" if m > 0 else "lower"  # noqa: E731 - predicted against observed
-    if beyondN.any() and (~beyondN).any() and abs(mD) > 2 * abs(mN):
-        verdict = (f"the data term (B/D^beta): with more tokens the prediction comes out {side(mD)} "
-                   "than observed, while larger models are on the law")
-    elif beyondN.any() and (~beyondN).any() and abs(mN) > 2 * abs(mD):
-        verdict = (f"the model-size term (A/N^alpha): larger models come out {side(mN)} than observed, "
-                   "while more tokens are on the law")
-    elif np.all(np.sign(errs) == np.sign(errs[0])):
-        verdict = f"a common offset, every prediction {side(errs[0])}: the floor E"
+    if beyondD.any():
+        parts.append(f"beyond its token counts at a fitted size: mean {100 * errs[beyondD].mean():+.2f}%")
+    inside = ~beyondN & ~beyondD
+    if inside.any():
+        parts.append(f"inside the fitted range: mean {100 * errs[inside].mean():+.2f}%")
+    d["text"] = f"{SHORT[metric]}: " + "; ".join(parts) + " -> " + _verdict(d)
+    return d
+
+
+def _verdict(d: dict) -> str:
+    t = d["term"]
+    if t is None:
+        return d["text"] or "no diagnosis"
+    sig = f"sigma {100 * d['sigma']:.2f}% from {d.get('sigma_source') or 'the caller'}"
+    chi = f"chi2 {d['chi2']:.1f} over {d['n']} targets, noise alone <= {d['chi2_limit']:.1f}"
+    side = lambda c: "higher" if c > 0 else "lower"  # noqa: E731 - predicted against observed
+    if t == "none":
+        return f"{TERMS['none']} [{chi}; {sig}]"
+    if t == "floor":
+        s = (f"{TERMS['floor']}: every prediction {side(d['coef']['floor'])} than observed by about the same "
+             f"amount, {d['floor_offset']:+.3g}")
+    elif t == "N":
+        s = (f"{TERMS['N']}: the error changes by {100 * d['coef']['N']:+.2f}% per e-fold of N beyond the pilot's "
+             f"sizes (larger models come out {side(d['coef']['N'])} than observed)")
+    elif t == "D":
+        s = (f"{TERMS['D']}: the error changes by {100 * d['coef']['D']:+.2f}% per e-fold of D beyond the pilot's "
+             f"token counts (more tokens come out {side(d['coef']['D'])} than observed)")
+    elif t == "curvature":
+        s = f"{TERMS['curvature']}: the errors change sign across the range of compute, which no single term does"
     else:
-        verdict = "no single term: errors of both signs in both groups"
-    if np.abs(errs).max() <= 0.02:
-        verdict = "within 2% everywhere; the largest bias: " + verdict
-    return f"{SHORT[metric]}: " + "; ".join(parts) + f" -> {verdict}"
+        s = f"{TERMS['unexplained']}: the errors exceed a run's scatter but follow neither one term nor a curve in C"
+    if d.get("also"):
+        s += f"; or {', or '.join(TERMS[a] for a in d['also'])}: these targets do not tell them apart"
+    if d.get("rest_beyond_noise"):
+        s += "; what it leaves still exceeds a run's scatter"
+    return f"{s} [{chi}; {sig}]"
+
+
+# --------------------------------------------------------------------------- the check
 
 
 def pilot_location(rec: dict, study_dir, given=None) -> Path | None:
@@ -152,18 +515,23 @@ def pilot_location(rec: dict, study_dir, given=None) -> Path | None:
     return pp
 
 
-def check_predictions(study, pilot: Study | None = None, pilot_problem: str | None = None) -> dict[str, Any]:
-    """Predicted against observed for every finished target run (see module doc).
+def check_predictions(study, pilot: Study | None = None, pilot_problem: str | None = None,
+                      config: TargetConfig | None = None, config_problem: str | None = None) -> dict[str, Any]:
+    """Pre-registration and predicted against observed for every target run (module doc).
 
     ``study``: the target (a :class:`Study` or a folder), whose ``predictions.json`` is read;
-    ``pilot``: the pilot (a Study or a folder), whose fit hash is computed again (None: not
-    re-checked, and ``pilot_problem``, a phrase why, becomes a note)."""
+    ``pilot``: the pilot (a Study or a folder), whose fit and rows hashes are computed again
+    (None: not re-checked, ``pilot_problem`` says why); ``config``: the target's config now
+    (:class:`TargetConfig`; None: not re-checked, ``config_problem`` says why). A target whose
+    pilot or config is not re-checked is not pre-registered."""
     study = as_study(study)
     pilot = None if pilot is None else as_study(pilot)
     study_dir = study.root
     if study_dir is None:
         raise CheckError(f"{study.name}: a table of evaluations has no predictions file; give the study folder")
     rec = read_predictions(study_dir)
+    pre = preregistration(study, rec, pilot, pilot_problem, config, config_problem)
+    status = {t["run_id"]: t["pre_registered"] for t in pre["targets"]}
     fr = study.final
     obs = {r["run_id"]: r for r in fr.to_dict("records")} if len(fr) else {}
     rows = []
@@ -174,9 +542,10 @@ def check_predictions(study, pilot: Study | None = None, pilot_problem: str | No
             if p is None:
                 continue
             row = {"run_id": t["run_id"], "depth": t.get("depth"), "n_params": t.get("n_params"),
-                   "tokens": t.get("tokens"), "flops": t.get("flops"), "x_N": t.get("x_N"), "x_C": t.get("x_C"),
-                   "metric": m, "short": SHORT[m], "predicted": p["predicted"], "ci": p["ci"], "pi": p["pi"],
-                   "observed": None, "err": None, "in_pi": None, "in_ci": None}
+                   "tokens": t.get("tokens"), "flops": t.get("flops"), "x_N": t.get("x_N"), "x_D": t.get("x_D"),
+                   "x_C": t.get("x_C"), "metric": m, "short": SHORT[m], "predicted": p["predicted"], "ci": p["ci"],
+                   "pi": p["pi"], "observed": None, "err": None, "in_pi": None, "in_ci": None,
+                   "pre_registered": status.get(t["run_id"])}
             if o is not None and o.get(m) is not None and math.isfinite(float(o[m])):
                 v = float(o[m])
                 row.update(observed=v, err=(p["predicted"] - v) / v,
@@ -189,24 +558,21 @@ def check_predictions(study, pilot: Study | None = None, pilot_problem: str | No
         if not r:
             continue
         e = np.array([x["err"] for x in r])
+        d = _diagnose(rows, m, rec)
         summary[m] = {"n": len(r), "mean_abs_err": float(np.abs(e).mean()), "max_abs_err": float(np.abs(e).max()),
                       "mean_err": float(e.mean()), "coverage_pi": float(np.mean([x["in_pi"] for x in r])),
-                      "coverage_ci": float(np.mean([x["in_ci"] for x in r])), "diagnosis": _diagnose(rows, m)}
+                      "coverage_ci": float(np.mean([x["in_ci"] for x in r])), "diagnosis": d["text"],
+                      "term": d["term"], "also": d.get("also", [])}
     out = {"study": str(study_dir), "pilot": rec.get("pilot"), "fit_hash": rec.get("fit_hash"),
-           "written": rec.get("written"), "targets": len(rec["targets"]),
+           "rows_hash": rec.get("rows_hash"), "written": rec.get("written"), "code": rec.get("code"),
+           "study_config_hash": rec.get("study_config_hash"), "targets": len(rec["targets"]),
            "finished": len({x["run_id"] for x in rows if x["observed"] is not None}),
-           "rows": rows, "summary": summary, "notes": []}
-    name = rec.get("pilot") or (None if pilot is None else str(pilot.root or pilot.name))
-    if pilot is not None and not len(pilot.final):
-        pilot, pilot_problem = None, "no finished runs"
-    if pilot is not None:
-        now = fit_hash(pilot.final, int(rec.get("n_boot", 0)), int(rec.get("seed", 0)))
-        out["pilot_fit_hash_now"] = now
-        if now != rec.get("fit_hash"):
-            out["notes"].append(f"the pilot {name} has changed since the predictions were written "
-                                f"(fit {rec.get('fit_hash')} then, {now} now)")
-    elif pilot_problem and name:
-        out["notes"].append(f"pilot {name} not readable here ({pilot_problem}): its fit hash is not re-checked")
+           "preregistration": pre, "rows": rows, "summary": summary, "notes": []}
+    if pre["pilot"]["fit_hash_now"] is not None:
+        out["pilot_fit_hash_now"] = pre["pilot"]["fit_hash_now"]
+        out["pilot_rows_hash_now"] = pre["pilot"]["rows_hash_now"]
+    if pre["pilot"]["why"]:
+        out["notes"].append(pre["pilot"]["why"])
     if out["finished"] < out["targets"]:
         out["notes"].append(f"{out['targets'] - out['finished']} of {out['targets']} target run(s) not finished yet")
     return out
@@ -216,9 +582,41 @@ def _pct(v) -> str:
     return "" if v is None else f"{100 * v:+.2f}%"
 
 
+def preregistration_line(c: dict) -> str:
+    """The summary line: how many started targets were pre-registered, and which were not."""
+    p = c["preregistration"]
+    if not p["started"]:
+        return "pre-registration: no target has trained yet"
+    bad = [t["run_id"] for t in p["targets"] if t["pre_registered"] is False]
+    if not bad:
+        return f"pre-registration: {p['pre_registered']} of {p['started']} trained targets pre-registered"
+    return (f"pre-registration: {len(bad)} of {p['started']} trained targets NOT pre-registered "
+            f"({', '.join(bad)})")
+
+
+def _yn(v) -> str:
+    return "" if v is None else ("yes" if v else "no")
+
+
 def format_check(c: dict) -> str:
-    lines = [f"predictions for {c['study']} from {c['pilot']} (fit {c['fit_hash']}, written {c['written']}): "
-             f"{c['finished']} of {c['targets']} target runs finished", ""]
+    code = c.get("code") or {}
+    ver = (f", varscale {code.get('varscale')}" + (f" at {str(code['git_commit'])[:12]}" if code.get("git_commit") else "")
+           + (" (uncommitted changes)" if code.get("git_dirty") else "")) if code else ""
+    lines = [f"predictions for {c['study']} from {c['pilot']} (fit {c['fit_hash']}, rows {c.get('rows_hash')}, "
+             f"written {c['written']}{ver}): {c['finished']} of {c['targets']} target runs finished; "
+             + preregistration_line(c)[len("pre-registration: "):], ""]
+    pre = c["preregistration"]
+    head = ["run", "first evaluation", "after the predictions", "pilot unchanged", "config as predicted",
+            "pre-registered"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join("---" for _ in head) + "|")
+    for t in pre["targets"]:
+        first = "" if t["first_evaluation"] is None else f"{t['first_evaluation'][:19]}Z ({t['source']})"
+        state = ("not trained yet" if t["pre_registered"] is None else
+                 "yes" if t["pre_registered"] else "not pre-registered: " + "; ".join(t["why"]))
+        lines.append(f"| {t['run_id']} | {first} | {_yn(t['after'])} | {_yn(t['pilot_ok'])} | {_yn(t['config_ok'])} "
+                     f"| {state} |")
+    lines.append("")
     head = ["run", "N", "tokens", "metric", "predicted", "95% new run", "observed", "error", "in"]
     rows = []
     for r in c["rows"]:
@@ -237,6 +635,7 @@ def format_check(c: dict) -> str:
                          f"{100 * s['mean_err']:+.2f}% | {100 * s['coverage_pi']:.0f}% | {100 * s['coverage_ci']:.0f}% |")
         lines += [""] + [f"- {s['diagnosis']}" for s in c["summary"].values() if s["diagnosis"]]
     lines += [f"- note: {n}" for n in c["notes"]]
+    lines += ["", preregistration_line(c)]
     return "\n".join(lines)
 
 

@@ -141,6 +141,38 @@ def fit_hash(runs: pd.DataFrame, n_boot: int, seed: int) -> str:
     return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def rows_hash(runs: pd.DataFrame) -> str:
+    """16 hex digits of the exact rows a predictor was fitted on (``fitted_runs``): every
+    column of ``RUN_COLUMNS`` present, each number by its exact value (``float.hex``), rows by
+    run_id. Unlike :func:`fit_hash` (10 significant digits of the fitted columns, plus the
+    resamples) it changes with any bit of any kept column, and it depends on no library's
+    hashing, so a hash written into a committed predictions file can be recomputed years later."""
+    cols = [c for c in RUN_COLUMNS if c in runs]
+    rows = runs[cols].sort_values("run_id").to_dict("records")
+
+    def exact(v):
+        if isinstance(v, str):
+            return v
+        try:
+            return float(v).hex()
+        except (TypeError, ValueError):
+            return str(v)
+
+    view = {"columns": cols, "rows": [[str(r["run_id"]), *(exact(r[c]) for c in cols[1:])] for r in rows]}
+    return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_scatter(resid: np.ndarray, n_params: int = 5) -> float:
+    """A run's own scatter about the law, relative (log units): the root mean square of the
+    full fit's log residuals with the fit's ``n_params`` degrees of freedom taken out. NaN
+    with fewer residuals than parameters + 1."""
+    r = np.asarray(resid, float)
+    r = r[np.isfinite(r)]
+    if r.size <= n_params:
+        return float("nan")
+    return float(np.sqrt((r ** 2).sum() / (r.size - n_params)))
+
+
 def fitted_runs(study: Study) -> pd.DataFrame:
     """The finished runs a predictor is fitted on: their final rows (``RUN_COLUMNS``) by
     run_id. Raises :class:`PredictError` when Approach 3 cannot be fitted on them."""
@@ -296,14 +328,17 @@ def predict(study: Any, targets: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0,
     ``predicted``, ``ci_lo``/``ci_hi`` (the law's 95% interval), ``pi_lo``/``pi_hi`` (one
     new run's), ``law`` ("approach3"), ``floor`` and ``reducible`` (+ interval) for losses
     with a floor, ``frontier`` (+ interval: the frontier law at the target's C),
-    ``x_N``/``x_C`` (the target over the largest fitted N / C) and ``warning``.
-    ``df.attrs`` holds the predictor's fit_hash, floors (``FloorEntry`` per loss) and notes.
+    ``x_N``/``x_D``/``x_C`` (the target over the largest fitted N / D / C) and ``warning``.
+    ``df.attrs`` holds the predictor's fit_hash, rows_hash (:func:`rows_hash`), floors
+    (``FloorEntry`` per loss), notes, fitted ranges (``range_N``, ``range_D``, ``range_C``) and
+    ``run_sd`` (per metric, a run's relative scatter about the law: :func:`run_scatter`).
     """
     P = study if isinstance(study, Predictor) else fit_predictor(study, n_boot=n_boot, seed=seed)
     metrics = list(P.chin) if metrics is None else list(metrics)
     t = targets_frame(targets, P.k_flops)
     N, D, C = t["n_params"].to_numpy(float), t["tokens"].to_numpy(float), t["flops"].to_numpy(float)
-    xN, xC = N / P.range_N[1], C / P.range_C[1]
+    range_D = (float(P.runs["tokens_seen"].min()), float(P.runs["tokens_seen"].max()))
+    xN, xC, xD = N / P.range_N[1], C / P.range_C[1], D / range_D[1]
     xN_lo, xC_lo = P.range_N[0] / N, P.range_C[0] / C
     warn = []
     for i in range(len(t)):
@@ -336,11 +371,11 @@ def predict(study: Any, targets: Any, n_boot: int = DEFAULT_BOOT, seed: int = 0,
                    "reducible_lo": float(rlo[i]) if has_floor else np.nan,
                    "reducible_hi": float(rhi[i]) if has_floor else np.nan,
                    "frontier": float(fpt[i]), "frontier_lo": float(flo[i]), "frontier_hi": float(fhi[i]),
-                   "x_N": float(xN[i]), "x_C": float(xC[i]), "warning": warn[i]}
+                   "x_N": float(xN[i]), "x_D": float(xD[i]), "x_C": float(xC[i]), "warning": warn[i]}
             rows.append(row)
     out = pd.DataFrame(rows)
-    out.attrs.update({"fit_hash": P.fit_hash, "study": P.study, "n_boot": P.n_boot, "seed": P.seed,
-                      "floor": dict(P.floor),
-                      "notes": list(P.notes), "range_N": P.range_N, "range_C": P.range_C,
-                      "k_flops": P.k_flops})
+    out.attrs.update({"fit_hash": P.fit_hash, "rows_hash": rows_hash(P.runs), "study": P.study,
+                      "n_boot": P.n_boot, "seed": P.seed, "floor": dict(P.floor),
+                      "notes": list(P.notes), "range_N": P.range_N, "range_D": range_D, "range_C": P.range_C,
+                      "k_flops": P.k_flops, "run_sd": {m: run_scatter(P.resid.get(m, [])) for m in metrics}})
     return out

@@ -8,9 +8,9 @@ depths 1..``--max-depth``): its parameters, tokens, steps and predicted metric, 
 neighbours', so the flatness of the optimum shows. ``--check-frontier`` checks the law
 against the grid itself: for the compute of each annealed-frontier point (the final
 evaluations on the compute frontier), the depth allocate recommends among the study's own
-depths against the depth that point was trained at. Reads the study's metrics; the fitted
-laws are kept in ``report/predictor-<key>.npz`` (as ``varscale predict``'s), so a second call
-on an unchanged study does not fit again.
+depths against the depth that point was trained at, apart in depth units (within one:
+d +- 1). Reads the study's metrics; the fitted laws are kept in ``report/predictor-<key>.npz``
+(as ``varscale predict``'s), so a second call on an unchanged study does not fit again.
 """
 from __future__ import annotations
 
@@ -40,26 +40,11 @@ def build_parser():
 
 
 def frontier_check(P, metric: str, family) -> list[dict]:
-    """For each point on the compute frontier of the finished runs' final evaluations: its
-    depth against the depth allocate recommends among the study's depths at its compute."""
-    import numpy as np
+    """``analysis.allocate.frontier_check``: each compute-frontier point's depth against the
+    recommended one, apart in depth units."""
+    from analysis.allocate import frontier_check as check
 
-    from analysis.allocate import allocate
-    from analysis.frontier import pareto_mask
-
-    r = P.runs
-    m = pareto_mask(r["flops"].to_numpy(float), r[metric].to_numpy(float))
-    pts = r[m].sort_values("flops")
-    depths = list(family["depth"])
-    out = []
-    for _, p in pts.iterrows():
-        al = allocate(P, float(p["flops"]), family=family, metric=metric, neighbours=0)
-        i, j = depths.index(int(p["depth"])), depths.index(al["best"])
-        out.append({"run_id": p["run_id"], "flops": float(p["flops"]), "depth": int(p["depth"]),
-                    "observed": float(p[metric]), "recommended": int(al["best"]),
-                    "steps_apart": abs(i - j), "depth_apart": abs(int(p["depth"]) - al["best"]),
-                    "within_one": abs(i - j) <= 1})
-    return out
+    return check(P, family, metric)
 
 
 @C.command(PROG)
@@ -106,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if check is not None:
         ok = sum(c["within_one"] for c in check)
         print(f"\nannealed-frontier check ({a.metric}): {ok} of {len(check)} frontier points trained within one "
-              "depth (of the study's depths) of the recommended one")
+              "depth (d +- 1) of the depth recommended among the study's depths")
         for c in check:
             print(f"  {c['run_id']:<28} C {c['flops']:.3g}  trained d{c['depth']}, recommended d{c['recommended']}"
-                  f"  {'ok' if c['within_one'] else 'MISS'}")
+                  f"  {c['depth_apart']} apart  {'ok' if c['within_one'] else 'MISS'}")
     return 0
 
 

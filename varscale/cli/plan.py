@@ -21,7 +21,8 @@ def build_parser():
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     ap.add_argument("--predict-from", metavar="PILOT",
                     help="a finished study whose laws predict every planned run's metrics; written to "
-                         "<study>/predictions.json unless a run has trained since (default: no predictions)")
+                         "<study>/predictions.json (committed to git: the pre-registration 'varscale check' "
+                         "verifies) unless a run has trained since (default: no predictions)")
     ap.add_argument("--n-boot", type=int, default=1000, help="resamples of the pilot's runs (--predict-from)")
     return ap
 
@@ -62,7 +63,8 @@ def format_predictions(rec: dict, plan: dict) -> str:
                      _fmt_time(est.get(t["run_id"])), cell("test_loss_last"), cell("test_loss_avg"),
                      cell("test_err_last"), cell("test_err_avg")])
     w = [max(len(x) for x in col) for col in zip(head, *rows)]
-    out = [f"predicted by {rec['pilot']} (fit {rec['fit_hash']}, Approach 3 over N and D, {rec['n_boot']} resamples):"]
+    out = [f"predicted by {rec['pilot']} (fit {rec['fit_hash']}, rows {rec.get('rows_hash')}, Approach 3 over N and D, "
+           f"{rec['n_boot']} resamples; written {rec['written']}):"]
     out += ["  ".join(h.ljust(n) for h, n in zip(head, w))]
     out += ["  ".join(c.ljust(n) for c, n in zip(r, w)) for r in rows]
     out += [f"warning: {t['run_id']}: {t['warning']}" for t in rec["targets"] if t.get("warning")]
