@@ -1,4 +1,4 @@
-"""The rule that names the faulty term of a checked law (analysis.check.diagnose, documented in
+"""The rule that names the faulty term of a checked law (analysis.diagnose.diagnose, documented in
 docs/prediction.md, "Which term is at fault"), on synthetic target sets where the fault is
 known: the N term (targets at larger N off by a factor growing with N), the D term (growing
 with D), the floor (one absolute offset on every loss), curvature (errors changing sign across
@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.check import _diagnose, diagnose, extrapolation
+from analysis.diagnose import _diagnose, diagnose, extrapolation
 
 # a pilot like the default study: sizes 1.5e4..2.5e6, tokens 6e5..2.4e6
 RANGE = {"n_params": [1.5e4, 2.5e6], "tokens": [6e5, 2.4e6], "flops": [6 * 1.5e4 * 6e5, 6 * 2.5e6 * 2.4e6]}
