@@ -106,3 +106,7 @@ def test_chinchilla_refit_notebook(tmp_path, shared_data):
                "VARSCALE_NB_BOOT": "50", "OMP_NUM_THREADS": "1"})
     assert not _errors(nb)
     _assert_figures_rendered(nb)
+    # the points imported as a study and fitted by varscale fit's code: Epoch AI's five
+    # Approach-3 estimates inside the report's 95% intervals
+    text = _text(nb)
+    assert text.count("  inside") == 5 and "OUTSIDE" not in text, text[-1500:]
