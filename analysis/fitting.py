@@ -33,12 +33,11 @@ import pandas as pd
 from . import forms
 from . import headline as H
 from .bootstrap import DEFAULT_BOOT, Fit, StudyResample
-from .load import LOSSES, METRICS, DamagedPart
+from .load import LOSSES, METRICS, DamagedPart, NotAFloor
 from .results import (SHORT, Allocation, Exponents, FloorRule, HeadlineRow, Lolo, Report, report_name)
 from .study import Study, as_study
 
 FLOOR_RULES = ("auto", "entropy", "chinchilla")
-_ENTROPY_NOT_FLOOR = "is not below every observed loss"
 
 
 def _approach3(fr, x_col: str, n_boot: int, seed: int, boot: StudyResample | None = None,
@@ -73,7 +72,7 @@ def warning_notes(caught) -> list[str]:
     out: list[str] = []
     for w in caught:
         msg = " ".join(str(w.message).split())
-        if issubclass(w.category, DamagedPart) or _ENTROPY_NOT_FLOOR in msg or "not used as a floor" in msg:
+        if issubclass(w.category, (DamagedPart, NotAFloor)):
             continue
         line = msg if len(msg) <= 240 else msg[:237] + "..."
         if line not in out:

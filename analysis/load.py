@@ -133,6 +133,11 @@ def load(study_dir, states: tuple[str, ...] | None = None, info: pd.DataFrame | 
     return df
 
 
+class NotAFloor(UserWarning):
+    """A token-entropy floor left out because it is not below every observed loss; ``varscale
+    fit`` says it once, in the floor's description, not as a note of its own."""
+
+
 class DamagedPart(UserWarning):
     """A metrics part left out of the analysis; the message names it and what to do."""
 
@@ -277,13 +282,14 @@ def usable_floors(fl: dict, df: pd.DataFrame) -> dict:
             if len(L) and (L.min(axis=0) > np.asarray(v)).all():
                 out[m] = v
             else:
-                warnings.warn("per-scale token-entropy floors are not below every per-scale loss; not used as a floor")
+                warnings.warn("per-scale token-entropy floors are not below every per-scale loss; not used as a floor",
+                              NotAFloor)
             continue
         if m in df and len(df) and np.nanmin(df[m].to_numpy(float)) > v:
             out[m] = v
         else:
             warnings.warn(f"floor {v:.4g} for {m} is not below every observed loss (it is a unigram "
-                          f"entropy, not a true floor); not used as a floor")
+                          f"entropy, not a true floor); not used as a floor", NotAFloor)
     return out
 
 

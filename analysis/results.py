@@ -24,8 +24,7 @@ from typing import Any, Optional
 
 from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json, read_json
 
-from .bootstrap import CI_LEVEL, Fit, _clean
-from .registry import FORMS
+from .bootstrap import Fit, _clean
 
 SCHEMA_VERSION = 2  # 1: fits.json before this key existed
 SHORT = {"test_loss_last": "L_last", "test_loss_avg": "L_avg", "test_err_last": "Err_last",
@@ -292,13 +291,9 @@ class Report:
 
     # ------------------------------------------------------------------ fits.json
     def fit_json(self, f: Fit) -> dict:
-        form = FORMS.get(f.form)
-        eq = form.equation(f.params) if form is not None else ", ".join(f"{k}={v:.3g}" for k, v in f.params.items())
-        return _clean({
-            "form": f.form, "metric": self.label(f.metric, f.quantity, f.floor), "x": f.x, "group": f.group,
-            "equation": eq, "params": f.params, "ci": {k: list(v) for k, v in f.ci.items()}, "ci_level": CI_LEVEL,
-            "n": f.n, "n_runs": f.n_runs, "r": f.r, "n_boot": f.n_boot, "warnings": f.warnings, "extra": f.extra,
-            "of": f.metric, "quantity": f.quantity, "floor": f.floor, "frontier": f.frontier})
+        """A fits.json entry: the fit's own dict, its metric written as the label, its floor named."""
+        return {**f.to_dict(), "metric": self.label(f.metric, f.quantity, f.floor),
+                "of": f.metric, "quantity": f.quantity, "floor": f.floor, "frontier": f.frontier}
 
     def _extrapolation_json(self, e: Extrapolation) -> dict:
         label = self.label(e.metric, e.quantity, e.floor)

@@ -81,10 +81,6 @@ class Study:
     def layout(self) -> StudyLayout | None:
         return None if self.root is None else StudyLayout.of(self.root)
 
-    @property
-    def budget_unit(self) -> str:
-        return "tokens" if self.budget_axis == "budget_tokens" else "flops"
-
     @cached_property
     def final(self) -> pd.DataFrame:
         """Each finished run's last evaluation (what the laws vs N and D use): a WSD study's

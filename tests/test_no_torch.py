@@ -122,25 +122,15 @@ def test_training_commands_name_the_extra(env, study, tmp_path):
 
 def test_scaling_notebook_without_torch(env, study, tmp_path):
     nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("nbclient")
+    from test_notebooks import _run, _text
+
     nb = nbformat.read(ROOT / "notebooks" / "scaling_laws.ipynb", as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(
         "import importlib.util, sys\n"
         "assert importlib.util.find_spec('torch') is None\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed')]\n"
         "print('no torch here')"))
-    keys = ("PYTHONPATH", "VARSCALE_STUDY", "VARSCALE_NB_BOOT", "OMP_NUM_THREADS")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(PYTHONPATH=env["PYTHONPATH"], VARSCALE_STUDY=str(study), VARSCALE_NB_BOOT="10",
-                      OMP_NUM_THREADS="1")  # the kernel inherits the environment
-    try:
-        nbclient.NotebookClient(nb, timeout=None, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "no torch here" in text
+    _run(nb, tmp_path, {"PYTHONPATH": env["PYTHONPATH"], "VARSCALE_STUDY": str(study), "VARSCALE_NB_BOOT": "10",
+                        "OMP_NUM_THREADS": "1"})
+    assert "no torch here" in _text(nb)

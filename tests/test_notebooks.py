@@ -14,8 +14,9 @@ nbclient = pytest.importorskip("nbclient")
 NB = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def _run(path: Path, cwd: Path, env: dict) -> nbformat.NotebookNode:
-    nb = nbformat.read(path, as_version=4)
+def _run(path: Path | nbformat.NotebookNode, cwd: Path, env: dict) -> nbformat.NotebookNode:
+    """Execute a notebook (a file, or one already read) in ``cwd`` with ``env`` set for its kernel."""
+    nb = path if isinstance(path, nbformat.NotebookNode) else nbformat.read(path, as_version=4)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits the environment: that is how parameters pass
     try:

@@ -81,9 +81,7 @@ def target_config(study_dir: str, rec: dict):
 @C.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    rc = C.check_study_dir(PROG, a.study_dir)
-    if rc is not None:
-        return rc
+    C.check_study_dir(PROG, a.study_dir)
     if a.pilot:
         C.study_dir(a.pilot, need_yaml=False)
     from analysis.check import (CheckError, check_predictions, format_check, preregistration_line, read_predictions,

@@ -283,21 +283,17 @@ def warn(prog: str, sentence: str) -> None:
 # --------------------------------------------------------------------------- analysis commands
 
 
-def check_study_dir(prog: str, study_dir: str) -> Optional[int]:
-    """Before any work of ``fit`` / ``figures`` / ``check`` (the analysis reads these files): 2 (said in one line) when ``study_dir`` is not a
-    study folder or a file the analysis reads is damaged, else None. A damaged cell
-    ``config.json`` (which the analysis does not read) is a warning and the cell stays in."""
+def check_study_dir(prog: str, study_dir: str) -> None:
+    """Before any work of ``fit`` / ``figures`` / ``check``: a UsageError (one line, exit 2)
+    when ``study_dir`` is not a study folder or a file the analysis needs is damaged. A damaged
+    cell ``config.json`` is a warning and the cell stays in (the analysis reads from it only
+    whether the run is a WSD stable run and its budget unit: without it, an ordinary run)."""
     lay = StudyLayout.of(study_dir)
-
-    def stop(sentence: str) -> int:
-        print(f"{prog}: {sentence}", file=sys.stderr)
-        return 2
-
     if not lay.root.is_dir():
-        return stop(f"no study folder at {study_dir}")
+        raise UsageError(f"no study folder at {study_dir}")
     if not lay.study_yaml.is_file() and not lay.cells_dir.is_dir():
-        return stop(f"{study_dir} is not a study folder (it has neither study.yaml nor cells/); "
-                    "give runs/<study>")
+        raise UsageError(f"{study_dir} is not a study folder (it has neither study.yaml nor cells/); "
+                         "give runs/<study>")
     # what the analysis reads besides the parquet: a damaged one stops it, with what to do
     needed = [(lay.study_yaml, yaml_problem, "restore it from version control or rewrite it "
                "(runs/README.md describes the format)"),
@@ -307,11 +303,10 @@ def check_study_dir(prog: str, study_dir: str) -> Optional[int]:
     for path, problem, fix in needed:
         why = problem(path)
         if why:
-            return stop(f"{path} is damaged ({why}); {fix}")
+            raise UsageError(f"{path} is damaged ({why}); {fix}")
     for d in lay.cell_dirs():
         c = lay.cell(d.name)
         why = json_problem(c.config_json)
         if why:
-            print(f"{prog}: warning: {c.config_json} is damaged ({why}); the analysis does not read it, the "
-                  f"cell's metrics are used; 'varscale run {study_dir}' needs it rewritten", file=sys.stderr)
-    return None
+            print(f"{prog}: warning: {c.config_json} is damaged ({why}); the cell's metrics are used and "
+                  f"it counts as an ordinary run (not a WSD stable run); 'varscale run {study_dir}' needs it rewritten", file=sys.stderr)

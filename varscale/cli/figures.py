@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.figures import FORMATS
 
     a = build_parser().parse_args(argv)
-    rc = C.check_study_dir(PROG, a.study_dir)
-    if rc is not None:
-        return rc
+    C.check_study_dir(PROG, a.study_dir)
     formats = tuple(f.strip() for f in a.formats.split(",") if f.strip())
     bad = [f for f in formats if f not in FORMATS] or ([] if formats else ["(none)"])
     C.require(not bad, f"--formats {a.formats}: unknown format {bad[0] if bad else ''}; give some of "

@@ -58,13 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         from varscale.cli import check
 
         return check.main([a.study_dir] + (["--quiet"] if a.quiet else []))
-    rc = C.check_study_dir(PROG, a.study_dir)
-    if rc is not None:
-        return rc
+    C.check_study_dir(PROG, a.study_dir)
     C.positive("--n-boot", a.n_boot, allow_zero=True)
     for name, v in (("--floor-last", a.floor_last), ("--floor-avg", a.floor_avg)):
-        C.require(v is None or (math.isfinite(v) and v >= 0), f"{name} must be a loss in nats (>= 0), got {v:g}"
-                  if v is not None else "")
+        if v is not None:
+            C.require(math.isfinite(v) and v >= 0, f"{name} must be a loss in nats (>= 0), got {v:g}")
     from analysis.fitting import fit_study
     from analysis.load import SayDamagedParts
     from analysis.render import format_markdown, format_terminal
