@@ -15,8 +15,10 @@ the fit forms registered in ``analysis.forms``:
   (a warmup-stable-decay study also gets the frontier of its annealed runs' final evaluations);
 - Chinchilla's Approach 3 on the final evaluations when N and D both vary;
 - Approach 2 (IsoFLOP parabolas) for FLOP budgets with at least 3 depths;
-- extrapolation checks: fit without the largest model, predict it (Approach 3: each held-out
-  run on its own).
+- the loss-curve law (analysis/curve.py) over every evaluation of every run whose learning-rate
+  schedule the study knows, with leave-one-branch-out errors;
+- extrapolation checks: fit without the largest model, predict it (Approach 3 and the curve
+  law: each held-out run on its own).
 A metric the study has no values of (an imported table with a single loss) is not fitted,
 and one note says so; budget slices that allow no law share one note per reason. Warnings
 raised while fitting become one-line notes (``warning_notes``). Nothing here reads or writes
@@ -33,6 +35,7 @@ import pandas as pd
 from . import forms
 from . import headline as H
 from .bootstrap import DEFAULT_BOOT, Fit, StudyResample
+from .curve import curve_points
 from .load import LOSSES, METRICS, DamagedPart, NotAFloor
 from .results import (SHORT, Allocation, Exponents, FloorRule, HeadlineRow, Lolo, Report, report_name)
 from .study import Study, as_study
@@ -197,10 +200,34 @@ def _fit_study(study: Study, n_boot, seed, floor_last, floor_avg, use_floor, x_c
                 continue
             fits += [chin[m]] if f.name == "chinchilla" else f.fit(s, m)
             rep.extrapolation += f.extrapolate(s, m)
+    # --- every evaluation of every run with its schedule: the loss-curve law (analysis/curve.py)
+    fits += _curve(study, present, boot, common, rep)
     rep.fits = fits
     rep.allocation = _allocation(chin, fits)
     _headline(rep, slices, E_samples, boot, x_col, c_col, present)
     return rep
+
+
+def _curve(study: Study, present, boot, common: dict, rep: Report) -> list[Fit]:
+    """The forms of scope "curve" on every evaluation with its schedule's areas; their
+    leave-largest-out checks go to ``rep.extrapolation``."""
+    cforms = forms.of_scope("curve")
+    losses = tuple(m for m in LOSSES if m in present)
+    if not cforms or not losses:
+        return []
+    s = forms.Slice(curve_points(study, losses), group="every evaluation", boot=boot, **common)
+    fits: list[Fit] = []
+    for f in cforms:
+        why = f.eligible(s)
+        if why is not None:
+            if why:
+                rep.notes.append(why)
+            continue
+        for m in f.metrics:
+            if m in losses:
+                fits += f.fit(s, m)
+                rep.extrapolation += f.extrapolate(s, m)
+    return fits
 
 
 def _allocation(chin: dict, fits: list[Fit]) -> dict[str, Allocation]:

@@ -243,7 +243,8 @@ def best_laws(rows: list[HeadlineRow], extrapolation: list[Extrapolation],
     """Per loss metric, the law whose prediction of the held-out largest model is best.
 
     Candidates: "power (reducible)" and "power (raw)" (per budget, leave-largest-out),
-    "saturating" (per budget), "chinchilla" (every run of the largest model at its own D).
+    "saturating" (per budget), "chinchilla" (every run of the largest model at its own D),
+    "curve law" (the loss-curve law: each decayed run of the largest model at its own schedule).
     A law's error is its worst held-out prediction (signed; largest magnitude), so
     ``within_3pct`` means every held-out run is within 3%.
     """
@@ -263,6 +264,8 @@ def best_laws(rows: list[HeadlineRow], extrapolation: list[Extrapolation],
                 cands.setdefault("saturating", []).append((e.group, e.rel_error))
             elif e.form == "chinchilla":
                 cands.setdefault("chinchilla", []).append((e.run_id or e.group, e.rel_error))
+            elif e.form == "curve":
+                cands.setdefault("curve law", []).append((e.run_id or e.group, e.rel_error))
         laws = {}
         for law, errs in cands.items():
             worst = max(errs, key=lambda t: abs(t[1]))

@@ -64,10 +64,26 @@ def _schedule_of(config_json: Path) -> dict:
     except (OSError, ValueError):
         c = None
     if not isinstance(c, dict):
-        return {"is_stable": False, "budget_unit": None}
+        return {"is_stable": False, "budget_unit": None, "lr_schedule": None}
     stable = c.get("schedule") == "wsd" and not c.get("decay_steps") and not c.get("branch_from")
     unit = c.get("budget_unit")
-    return {"is_stable": bool(stable), "budget_unit": unit if isinstance(unit, str) else None}
+    return {"is_stable": bool(stable), "budget_unit": unit if isinstance(unit, str) else None,
+            "lr_schedule": _lr_schedule(c)}
+
+
+_SCHEDULE_KEYS = ("total_steps", "schedule", "decay_steps", "branch_from", "branch_step")
+_TRAINING_KEYS = ("warmup_frac", "hold_frac", "final_lr_ratio")
+
+
+def _lr_schedule(c: dict) -> dict | None:
+    """The part of a cell's config.json that fixes its learning-rate schedule (what
+    ``varscale.schedule.schedule_of_cell`` reads; the loss-curve law's input), or None when the
+    file does not say (no total_steps)."""
+    if not isinstance(c.get("total_steps"), int):
+        return None
+    tr = c.get("training") if isinstance(c.get("training"), dict) else {}
+    return {**{k: c.get(k) for k in _SCHEDULE_KEYS},
+            "training": {k: tr[k] for k in _TRAINING_KEYS if isinstance(tr.get(k), (int, float))}}
 
 
 def load(study_dir, states: tuple[str, ...] | None = None, info: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -142,6 +142,7 @@ def format_terminal(report: Report) -> str:
     out = [format_headline(report), "", textwrap.fill("every fit; " + _floor_caption(report), 100),
            line(HEAD), line(["-" * x for x in w])] + [line(r) for r in rows]
     out += _extrap_lines(report)
+    out += curve_lines(report)
     out += [textwrap.fill(f"note: {n}", 100, subsequent_indent="      ") for n in report.notes]
     return "\n".join(out)
 
@@ -164,6 +165,54 @@ def _extrap_lines(report: Report) -> list[str]:
                      f"{_held(e)}N={v['x_held_out']:.3g} predicted {v['predicted']:.4g} observed "
                      f"{v['observed']:.4g} error {100 * v['rel_error']:+.2f}%")
     return lines
+
+
+def _worst_llo(report: Report, form: str, m: str):
+    errs = [e.rel_error for e in report.extrapolation if e.form == form and e.metric == m and e.quantity == "raw"
+            and e.rel_error is not None]
+    return max(errs, key=abs) if errs else None
+
+
+def curve_lines(report: Report) -> list[str]:
+    """Per loss, the loss-curve law's checks beside Approach 3's: leave-one-branch-out (max
+    and median |error|) and the worst leave-largest-out error of each."""
+    out = []
+    for f in report.fits:
+        if f.form != "curve":
+            continue
+        lo = f.extra.get("lobo") or {}
+        a3 = _worst_llo(report, "chinchilla", f.metric)
+        out.append(f"  {SHORT.get(f.metric, f.metric)}: leave-one-branch-out max {_pct(lo.get('max_abs'))} median "
+                   f"{_pct(lo.get('median_abs'))} ({len(lo.get('each', []))} branches); leave-largest-out worst "
+                   f"{_pct(_worst_llo(report, 'curve', f.metric))}"
+                   + (f" (Approach 3: {_pct(a3)})" if a3 is not None else ""))
+    return ["", "loss-curve law over every evaluation (fit without each decay branch / the largest model, "
+            "predict it):"] + out if out else []
+
+
+def _md_curve(report: Report) -> list[str]:
+    fits = [f for f in report.fits if f.form == "curve"]
+    if not fits:
+        return []
+    md = ["", "## Loss-curve law (every evaluation)", "",
+          "Every evaluation of every run with its learning-rate schedule: S1 = the area under the schedule "
+          "(lr / peak summed over the updates, in tokens), S2 = the annealing area (the momentum of the "
+          f"schedule's drops, decay {fits[0].extra.get('decay', '')} per step, in tokens). Leave-one-branch-out: "
+          "each decay branch's final loss predicted from the stable runs and the other branches; "
+          "leave-largest-out: every run of the largest model held out, beside Approach 3's.", "",
+          "| loss | law | rms residual | LOBO max | LOBO median | leave-largest-out worst | Approach 3's |",
+          "|---|---|---|---|---|---|---|"]
+    for f in fits:
+        lo = f.extra.get("lobo") or {}
+        md.append(f"| {SHORT.get(f.metric, f.metric)} | {f.equation()} | {_pct(f.extra.get('rms_rel_resid'))} | "
+                  f"{_pct(lo.get('max_abs'))} | {_pct(lo.get('median_abs'))} | "
+                  f"{_pct(_worst_llo(report, 'curve', f.metric))} | {_pct(_worst_llo(report, 'chinchilla', f.metric))} |")
+    md += ["", "| loss | held-out branch | N | tokens | observed | predicted | error |", "|---|---|---|---|---|---|---|"]
+    for f in fits:
+        for e in (f.extra.get("lobo") or {}).get("each", []):
+            md.append(f"| {SHORT.get(f.metric, f.metric)} | {e['run_id']} | {e['x_held_out']:.3g} | "
+                      f"{e['d_held_out']:.3g} | {e['observed']:.4g} | {e['predicted']:.4g} | {_pct(e['rel_error'])} |")
+    return md
 
 
 def _resolved(d: FloorEntry) -> str:
@@ -222,7 +271,8 @@ def format_markdown(report: Report) -> str:
     md += _md_headline(report)
     md += ["", "## Every fit", "", _floor_caption(report) + ".", "",
            "VAR form: y = (k x)^alpha; saturating: y = E + (x0/x)^alpha; "
-           "chinchilla: L = E + A/N^alpha + B/D^beta.", "",
+           "chinchilla: L = E + A/N^alpha + B/D^beta; curve: L = E + A (N/1e6)^-alpha + B (S1/1e6)^-beta "
+           "- C S2/1e6 (S1, S2 in tokens).", "",
            "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in table_rows(report):
         md.append("| " + " | ".join(c.replace("|", "/") for c in r) + " |")
@@ -236,6 +286,7 @@ def format_markdown(report: Report) -> str:
             md.append(f"| {e.form} | {_short(report.label(e.metric, e.quantity, e.floor))} | {e.group} | "
                       f"{e.run_id or ''} | {v['x_held_out']:.3g} | {v['predicted']:.4g} | {v['observed']:.4g} | "
                       f"{100 * v['rel_error']:+.2f}% |")
+    md += _md_curve(report)
     al = report.allocation
     if al:
         def ex(d: Exponents | None, k: str) -> str:

@@ -99,6 +99,15 @@ class Study:
         df = self.evaluations
         return sorted(df.loc[df["is_stable"].astype(bool), "run_id"].unique()) if len(df) else []
 
+    @cached_property
+    def schedules(self) -> dict[str, dict]:
+        """Each cell's learning-rate schedule as its ``config.json`` gives it (run_id -> the
+        fields ``varscale.schedule.schedule_of_cell`` reads; the loss-curve law's input). A
+        table from elsewhere, or a cell without that file: absent."""
+        if "lr_schedule" not in self.cells:
+            return {}
+        return {str(r): s for r, s in zip(self.cells["run_id"], self.cells["lr_schedule"]) if isinstance(s, dict)}
+
     @property
     def states(self) -> dict[str, int]:
         return self.cells["state"].value_counts().to_dict() if len(self.cells) else {}

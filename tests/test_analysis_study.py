@@ -172,7 +172,8 @@ def test_public_api():
 
 def test_analysis_imports_no_torch_nor_config(tmp_path):
     # import every submodule, then use the study path end to end (the budget unit comes from a
-    # cell's config.json, read as JSON): no torch, deepspeed or varscale.config in sys.modules
+    # cell's config.json, read as JSON): no torch, deepspeed or varscale.config in sys.modules;
+    # of varscale only the leaf modules schema and schedule (the trainer's learning-rate schedule)
     import json as _json
 
     study = synthetic.make_study(tmp_path / "nt", depths=(2, 3, 4), budgets=(1e7,), n_evals=3)
@@ -185,7 +186,8 @@ def test_analysis_imports_no_torch_nor_config(tmp_path):
             f"rep = fit_study({str(study)!r}, n_boot=0)\n"
             "assert rep.fits and rep.budget_axis == 'budget_flops', rep.budget_axis\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'deepspeed')]\n"
-            "bad += [m for m in sys.modules if m.startswith('varscale.') and m != 'varscale.schema']\n"
+            "bad += [m for m in sys.modules if m.startswith('varscale.')\n"
+            "        and m not in ('varscale.schema', 'varscale.schedule')]\n"
             "assert not bad, bad\n"
             "print(len(list(pkgutil.iter_modules(analysis.__path__))))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -219,9 +221,9 @@ def test_budget_axis_and_stable_runs_from_rows_then_cell_config(tmp_path):
 def test_every_fit_form_is_registered_with_its_parts():
     from analysis import forms
 
-    assert list(forms.FORMS) == ["power", "saturating", "frontier", "chinchilla", "isoflop"]
+    assert list(forms.FORMS) == ["power", "saturating", "frontier", "chinchilla", "isoflop", "curve"]
     for name, f in forms.FORMS.items():
-        assert f.name == name and f.scope in ("budget", "frontier", "study")
+        assert f.name == name and f.scope in ("budget", "frontier", "study", "curve")
     p = {"k": 2.0, "alpha": -0.5, "b": -0.5 * np.log(2.0)}
     fit = analysis.Fit(form="power", params=p)
     assert fit.predict([8.0])[0] == pytest.approx(0.25) and fit.equation() == "y = (2 x)^-0.5"

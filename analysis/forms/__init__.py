@@ -11,7 +11,9 @@ Scopes, in the order the report fits them:
 - ``"budget"``: each finished run's final evaluation in one budget, vs N;
 - ``"frontier"``: the compute frontier of a set of evaluations (all, or a WSD study's
   annealed finals), vs C;
-- ``"study"``: every finished run's final evaluation, over all budgets (vs N and D).
+- ``"study"``: every finished run's final evaluation, over all budgets (vs N and D);
+- ``"curve"``: every evaluation of every run whose learning-rate schedule the study knows
+  (``analysis.curve.curve_points``: vs N and the schedule's areas S1, S2).
 
 docs/extending.md ("Adding a fit form") walks through adding one.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 from ..registry import FORMS as _REGISTRY
 from .base import FitForm, Slice
 from .chinchilla import Chinchilla
+from .curve import Curve
 from .frontier import Frontier
 from .isoflop import IsoFLOP
 from .power import Power
@@ -34,6 +37,7 @@ FORMS.update({
     "frontier": Frontier(),
     "chinchilla": Chinchilla(),
     "isoflop": IsoFLOP(),
+    "curve": Curve(),
 })
 
 

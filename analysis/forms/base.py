@@ -15,7 +15,8 @@ from ..results import Extrapolation, Report
 class Slice:
     """One piece of a study a form is fitted to, with the settings of the report."""
 
-    data: pd.DataFrame  # final rows of one budget ("budget"), evaluations ("frontier"), finals ("study")
+    data: pd.DataFrame  # final rows of one budget ("budget"), evaluations ("frontier"), finals ("study"),
+    # every evaluation with its schedule's areas ("curve")
     group: str = ""  # the slice's label in the report, e.g. "budget_tokens=6e+05"
     x_col: str = "n_params"
     c_col: str = "flops"
@@ -33,7 +34,7 @@ class FitForm:
     permissive defaults."""
 
     name: str = ""
-    scope: str = "budget"  # "budget" | "frontier" | "study"
+    scope: str = "budget"  # "budget" | "frontier" | "study" | "curve"
     metrics: tuple[str, ...] = ("test_loss_last", "test_loss_avg", "test_err_last", "test_err_avg")
 
     def eligible(self, s: Slice) -> str | None:

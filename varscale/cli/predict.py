@@ -11,6 +11,11 @@ Approach-3 prediction with the 95% interval of the law and of one new run, the r
 loss over the study's floor, and the frontier law at the target's compute; ``--json`` prints
 the same as JSON. Reads the study's metrics; the fitted laws are kept in
 ``report/predictor-<key>.npz``, so a second call on an unchanged study does not fit again.
+
+``--law curve`` predicts from the loss-curve law instead (``analysis.curve``: every evaluation
+of every run, with its learning-rate schedule's areas), fitted on each call: each target's
+final L_last and L_avg trained from scratch under ``--schedule`` (wsd, cosine or lin0; default
+the study's) with ``--decay-frac`` (wsd; default the study's), with the law's 95% interval.
 """
 from __future__ import annotations
 
@@ -51,6 +56,13 @@ def build_parser():
     ap.add_argument("--flops", dest="budgets", type=float, action=_Pair, metavar="FLOPS",
                     help="a target's training FLOPs C (repeatable; default: none)")
     ap.add_argument("--targets", metavar="CSV", help="a CSV of targets: depth|n_params, tokens|flops[, label] (default: none)")
+    ap.add_argument("--law", choices=("approach3", "curve"), default="approach3",
+                    help="approach3: the final evaluations' law (default); curve: the loss-curve law over every "
+                         "evaluation, for a target under any learning-rate schedule")
+    ap.add_argument("--schedule", choices=("wsd", "cosine", "lin0"),
+                    help="--law curve: the target's learning-rate schedule (default: the study's)")
+    ap.add_argument("--decay-frac", type=float, metavar="F",
+                    help="--law curve with --schedule wsd: the decay's share of the steps (default: the study's)")
     add_prediction_args(ap)
     return ap
 
@@ -179,10 +191,48 @@ def records(df) -> dict:
         return v
 
     a = dict(df.attrs)
-    a["floor"] = {m: {k: clean(v) if not isinstance(v, list) else v for k, v in fe.to_json().items()}
-                  for m, fe in a["floor"].items()}
+    if "floor" in a:  # the loss-curve law's predictions have none
+        a["floor"] = {m: {k: clean(v) if not isinstance(v, list) else v for k, v in fe.to_json().items()}
+                      for m, fe in a["floor"].items()}
     return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in a.items()},
             "predictions": [{k: clean(v) for k, v in r.items()} for r in df.to_dict("records")]}
+
+
+def curve_table(df) -> str:
+    head = ["target", "N", "tokens", "schedule", "metric", "S1", "S2", "predicted", "95% law"]
+    short = {"test_loss_last": "L_last", "test_loss_avg": "L_avg"}
+    rows = [[r["target"], f"{r['n_params']:.3g}", f"{r['tokens']:.3g}", r["schedule"], short.get(r["metric"], r["metric"]),
+             f"{r['S1']:.4g}", f"{r['S2']:.4g}", fmt(r["predicted"]), f"[{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]"]
+            for _, r in df.iterrows()]
+    w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    return "\n".join("  ".join(str(c).ljust(n) for c, n in zip(row, w)) for row in [head, *rows])
+
+
+def predict_curve_law(a, targets) -> int:
+    """``--law curve``: the loss-curve law fitted on the study's every evaluation predicts each target."""
+    from analysis.curve import predict_curve
+    from analysis.load import SayDamagedParts
+    from analysis.study import Study
+
+    C.positive("--n-boot", a.n_boot)
+    if a.decay_frac is not None:
+        C.require(0 < a.decay_frac < 1, f"--decay-frac {a.decay_frac}: must be in (0, 1)")
+    with SayDamagedParts(PROG):
+        st = Study.load(C.study_dir(a.study_dir).root)
+    try:
+        df = predict_curve(st, targets, kind=a.schedule, decay_frac=a.decay_frac, n_boot=a.n_boot, seed=a.seed)
+    except ValueError as e:
+        raise C.UsageError(f"{a.study_dir}: {e}") from None
+    if a.json:
+        print(json.dumps(records(df), indent=1))
+        return 0
+    at = df.attrs
+    sc = at["schedule"]
+    print(f"loss-curve law of {at['study']} (every evaluation, {at['n_boot']} resamples of its runs; fitted N "
+          f"{at['range_N'][0]:.3g}..{at['range_N'][1]:.3g}; {at['tokens_per_step']:.4g} tokens per step; warmup "
+          f"{sc['warmup_frac']:g}, final lr ratio {sc['final_ratio']:g})")
+    print(curve_table(df))
+    return 0
 
 
 @C.command(PROG)
@@ -190,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     cfg = C.load_study(a.study_dir)
     targets = targets_from_args(cfg, a.sizes, a.budgets, a.targets)  # before any fit
+    if a.law == "curve":
+        return predict_curve_law(a, targets)
+    C.require(a.schedule is None and a.decay_frac is None, "--schedule and --decay-frac go with --law curve")
     _, P = study_and_predictor(a.study_dir, a.n_boot, a.seed, cfg=cfg)
     from analysis.predict import PredictError, predict
 

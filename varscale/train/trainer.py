@@ -93,7 +93,7 @@ class CellRun:
         from varscale.tokenizer.cache import TokenCache
         from varscale.train import engine as E
         from varscale.train.peak import peak_flops
-        from varscale.train.schedule import Schedule, peak_lr
+        from varscale.schedule import peak_lr, schedule_of_cell
 
         t0 = time.perf_counter()
         c = self.cell
@@ -123,9 +123,9 @@ class CellRun:
         # from here on a failure still leaves a run record (the matmul peak is measured below)
         self.records = Records(self.layout, c, size, main=self.rank == 0, world=self.world, peak_flops=math.nan)
 
-        self.schedule = Schedule(peak_lr(tr.base_lr, c.batch_size, size.width, tr.lr_width_ref, tr.lr_width_power),
-                                 c.total_steps, tr.warmup_frac, tr.hold_frac, tr.final_lr_ratio,
-                                 kind=c.schedule, decay_steps=c.decay_steps)
+        # the one mapping from a cell's config to its schedule (the loss-curve law reads the same)
+        self.schedule = schedule_of_cell(c.to_dict(), peak_lr(tr.base_lr, c.batch_size, size.width,
+                                                              tr.lr_width_ref, tr.lr_width_power))
         # the lr given here is overwritten before every step (set_lr); DeepSpeed's scheduler is unused
         ds_cfg = E.ds_config(batch_size=c.batch_size, world_size=self.world,
                              zero_stage=int(tr.zero_stage), lr=self.schedule.peak * 0.005,
