@@ -270,6 +270,13 @@ def predict_curve(study, targets, kind: str | None = None, decay_frac: float | N
     A = np.array([target_areas(x["tokens"], tps, kind, frac, sched["warmup_frac"], sched["hold_frac"],
                                sched["final_ratio"]) for x in t]).reshape(len(t), 2)
     N = np.array([float(x["n_params"]) for x in t])
+    warn = []
+    for i in range(len(t)):  # the areas beyond what the study's evaluations span
+        w = [f"{nm} {A[i, j]:.3g} is {A[i, j] / top:.1f}x the largest fitted ({top:.3g}): extrapolated"
+             for j, nm, top in ((0, "S1", pts["S1"].max()), (1, "S2", pts["S2"].max())) if A[i, j] > 2 * top]
+        if N[i] > 2 * pts["n_params"].max():
+            w.append(f"N {N[i]:.3g} is {N[i] / pts['n_params'].max():.1f}x the largest fitted")
+        warn.append("; ".join(w))
     rows = []
     for m in metrics:
         d = pts[pts[m].notna()].reset_index(drop=True)
@@ -291,7 +298,7 @@ def predict_curve(study, targets, kind: str | None = None, decay_frac: float | N
                          "depth": x.get("depth"), "n_params": N[i], "tokens": float(x["tokens"]), "metric": m,
                          "law": "curve", "schedule": kind + (f" decay {frac:g}" if kind == "wsd" else ""),
                          "S1": A[i, 0], "S2": A[i, 1], "predicted": float(point[i]), "ci_lo": float(lo[i]),
-                         "ci_hi": float(hi[i]), **{f"param_{k}": v for k, v in p.items()}})
+                         "ci_hi": float(hi[i]), "warning": warn[i], **{f"param_{k}": v for k, v in p.items()}})
     out = pd.DataFrame(rows)
     out.attrs.update({"study": str(study.root) if study.root is not None else study.name, "n_boot": n_boot,
                       "seed": seed, "tokens_per_step": tps, "schedule": {**sched, "kind": kind, "decay_frac": frac},

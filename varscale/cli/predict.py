@@ -232,6 +232,8 @@ def predict_curve_law(a, targets) -> int:
           f"{at['range_N'][0]:.3g}..{at['range_N'][1]:.3g}; {at['tokens_per_step']:.4g} tokens per step; warmup "
           f"{sc['warmup_frac']:g}, final lr ratio {sc['final_ratio']:g})")
     print(curve_table(df))
+    for t, w in sorted({(r["target"], r["warning"]) for _, r in df.iterrows() if r["warning"]}):
+        print(f"warning: {t}: {w}")
     return 0
 
 
