@@ -1,6 +1,6 @@
 """``varscale run`` on the ci-tiny study with the real chain: tokenizer, tokens, DeepSpeed
-cells, fit, figures. The first test is in the default set; the interruption and executor
-variants take minutes and are marked slow.
+cells, fit, figures (Fig. 7 sampled by the figures stage). The first test is in the default
+set; the interruption and executor variants take minutes and are marked slow.
 """
 from __future__ import annotations
 
@@ -59,6 +59,11 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
     assert len(m) == len(m.drop_duplicates(["run_id", "step"])) and m.test_loss_avg.notna().all()
     assert (lay.report_dir / "fits.json").exists()
     assert "fit: done" in out and "figures: done" in out
+    # every paper figure from the one command: the figures stage sampled Fig. 7 itself
+    assert "figures: sampling Fig. 7" in out and "2 of 2 run(s) sampled" in out, out
+    for name in ("fig5_vs_N", "fig6_vs_C", "fig7_samples"):
+        assert (lay.report_dir / f"{name}.png").exists() and (lay.report_dir / f"{name}.pdf").exists(), name
+    assert {p.parent.name for p in lay.fig7_pngs()} == {"d1-c2e8-s0-a04cbd46", "d2-c2e8-s0-0cafdc8f"}
 
     rc, out2 = varscale("run", str(s))
     assert rc == 0, out2
@@ -66,6 +71,7 @@ def test_tiny_study_end_to_end_then_nothing_to_do(tmp_path):
                  "figures: up to date", "nothing to do: every stage of the study is complete"):
         assert line in out2, out2
     assert metrics(s).equals(m)
+    assert "sampling Fig. 7" not in out2  # the samples are current: no cell sampled again
 
     rc, st = varscale("status", str(s))
     assert rc == 0 and "4 cells: 4 done" in st, st

@@ -79,6 +79,13 @@ def test_torch_and_deepspeed_do_not_import(env):
 
 
 def test_analysis_commands_work_without_torch(env, study, tmp_path):
+    import numpy as np
+    from matplotlib.image import imsave
+
+    # a Fig. 7 sample grid as `varscale run` / `varscale sample --fig7` write it: drawn without torch
+    run = sorted(p.name for p in (study / "cells").iterdir())[0]
+    (study / "samples" / run).mkdir(parents=True, exist_ok=True)
+    imsave(study / "samples" / run / "step-00000010.png", np.zeros((8, 40, 3)))
     steps = [
         ("fit", study, "--n-boot", "8", "--quiet"),
         ("figures", study, "--formats", "png"),
@@ -91,6 +98,7 @@ def test_analysis_commands_work_without_torch(env, study, tmp_path):
         r = varscale(env, *argv)
         assert r.returncode == 0 and "Traceback" not in r.stderr, (argv, r.stderr)
     assert (study / "report" / "fits.json").is_file() and list((study / "report").glob("*.png"))
+    assert (study / "report" / "fig7_samples.png").is_file()
     # check: no predictions were written for this study, which it says in one line (exit 2)
     r = varscale(env, "check", study)
     assert r.returncode == 2 and "no predictions" in r.stderr and "Traceback" not in r.stderr

@@ -31,7 +31,6 @@ For a cell's checkpoints: :func:`sample_cell` and :func:`edit_cell`, the work of
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from varscale.fig7 import cell_steps, fig7_steps  # noqa: F401 - torch-free; importable from here too
 from varscale.schema import CellLayout, StudyLayout
 
 # --------------------------------------------------------------------------- token choice
@@ -331,17 +331,6 @@ def edit(vae, var, src, mask, label=None, cfg: float = 1.5, top_k: int = 0, top_
 # --------------------------------------------------------------------------- cells
 
 
-def cell_steps(cell_dir: Union[str, Path]) -> list[int]:
-    """Steps of the cell's complete checkpoints (``checkpoints/step<N>/weights.pt``), sorted."""
-    ckpt = CellLayout(Path(cell_dir)).checkpoints
-    steps = []
-    for d in ckpt.glob("step*"):
-        m = re.fullmatch(r"step(\d+)", d.name)
-        if m and CellLayout(Path(cell_dir)).weights(int(m.group(1))).exists():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
 def load_cell(study_dir: Union[str, Path], run_id: str, step: Optional[int] = None, device="cpu"):
     """(vae, var, cell_cfg, step) of one cell's checkpoint (the latest when ``step`` is None)."""
     from varscale.train.model import load_cell_model
@@ -358,15 +347,6 @@ def load_cell(study_dir: Union[str, Path], run_id: str, step: Optional[int] = No
             raise FileNotFoundError(f"cell {run_id} has no checkpoint yet")
     vae, var, cell = load_cell_model(cell_dir, step=step, device=device)
     return vae.eval(), var.eval(), cell, int(step)
-
-
-def fig7_steps(available: Sequence[int], total_steps: int, fractions=(0.2, 0.6, 1.0)) -> dict[float, int]:
-    """For each fraction of training, the available checkpoint step nearest to it."""
-    out = {}
-    for f in fractions:
-        if available:
-            out[f] = min(available, key=lambda s: (abs(s - f * total_steps), -s))
-    return out
 
 
 def samples_dir(study_dir: Union[str, Path], run_id: str) -> Path:

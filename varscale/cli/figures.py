@@ -8,7 +8,9 @@ The laws are not refitted: a figure draws the fits its report's headline rows po
 study without a report (or with a damaged one, or one written before fits.json had a
 headline) is fitted first, in memory, by ``analysis.fitting.fit_study`` without bootstrap,
 and the command says so; a report fitted on fewer evaluations than the study has now is
-drawn, with a note.
+drawn, with a note. Fig. 7 is drawn from the sample grids under ``samples/`` (each depth's
+snapshots, which the figures stage of ``varscale run`` samples, or ``varscale sample --fig7``);
+this command samples nothing and needs no torch.
 """
 from __future__ import annotations
 

@@ -5,6 +5,11 @@ so a second launcher waits and then finds the stage complete instead of doing it
 Every stage is idempotent: complete output is detected and skipped with one line, so a crash
 mid-stage costs only that stage's work, redone by the next run.
 
+The figures stage first samples Fig. 7 itself (``stage_fig7``): per depth, the finished cell
+``varscale.fig7`` chooses, at its kept checkpoints nearest 20 / 60 / 100% of training, with
+``varscale.sample.sample_cell``; a cell whose samples are current is skipped, and one whose
+sampling fails is a warning (Fig. 7 is drawn without it, the other figures as always).
+
 Used by ``varscale.grid.launch`` (the chain) and by the Slurm executor's preparation job
 (the tokenizer and token cache run where the GPU and the dataset are). It imports neither,
 so the launcher -> executors -> stages arrows all point one way.
@@ -14,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TextIO
 
+from varscale import fig7
 from varscale.config import StudyConfig
 from varscale.grid.lock import FileLock, describe
 from varscale.grid.progress import say
@@ -113,11 +119,58 @@ def _done_fingerprint(layout: StudyLayout, run_ids: list[str]) -> str:
 ANALYSIS_STAGES = (("fit", "varscale.cli.fit"), ("figures", "varscale.cli.figures"))
 
 
-def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[str]) -> tuple[bool, bool]:
-    """``fit`` / ``figures``: rerun only when the set of finished cells changed.
+def stage_fig7(layout: StudyLayout, todo: list, log: TextIO) -> list[str]:
+    """Sample Fig. 7 for the cells ``todo`` (``varscale.fig7.pending``), one line per cell;
+    returns the run ids whose sampling failed (each a warning, its traceback in ``log``).
+    ``sample_cell``'s own lines go to ``log``. Runs in this process, on the study's device
+    with a cell's torch threads (``execution.threads``; on a busy 2-core machine two threads
+    made the default study's sampling 10x slower than one, docs/grid.md)."""
+    import contextlib
+    import traceback
 
-    Returns (ok, worked). Their printed output goes to ``report/<stage>.log``; the report
-    itself (fits.md, figures) is where they write it.
+    if not todo:
+        return []
+    try:
+        import torch
+
+        from varscale.sample import resolve_device, sample_cell
+    except ImportError as e:  # no torch here: the figure is drawn from the samples there are
+        say(f"figures: Fig. 7 not sampled ({e}); drawn from the samples already there")
+        return [c.run_id for c in todo]
+    say(f"figures: sampling Fig. 7 (20/60/100% of training) for {len(todo)} run(s), one per depth")
+    failed = []
+    for i, c in enumerate(todo, 1):
+        t0 = time.time()
+        threads = torch.get_num_threads()
+        try:
+            if c.threads:
+                torch.set_num_threads(c.threads)
+            with contextlib.redirect_stderr(log):
+                written = sample_cell(layout.root, c.run_id, classes=c.classes, n=1, fig7=True,
+                                      device=resolve_device(c.device), log=lambda m: print(m, file=log, flush=True))
+        except Exception as e:  # noqa: BLE001 - one cell's samples; the figures go on without it
+            log.write(f"Fig. 7 samples of {c.run_id} failed:\n{traceback.format_exc()}")
+            log.flush()
+            failed.append(c.run_id)
+            say(f"figures: WARNING: Fig. 7 samples of {c.run_id} failed ({type(e).__name__}: {e}); Fig. 7 is "
+                f"drawn without d{c.depth}'s samples and the next 'varscale run' tries again (traceback in "
+                f"{getattr(log, 'name', 'the stage log')})")
+            continue
+        finally:
+            torch.set_num_threads(threads)
+        say(f"figures: Fig. 7 [{i}/{len(todo)}] d{c.depth} {c.run_id} ({c.stale}): steps "
+            f"{', '.join(str(s) for s in sorted(written))} of {c.total_steps} sampled in {time.time() - t0:.1f} s")
+    return failed
+
+
+def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[str]) -> tuple[bool, bool]:
+    """``fit`` / ``figures``: rerun only when the set of finished cells changed, and figures
+    also when Fig. 7 lacks a depth's current samples (``varscale.fig7.pending``), which it
+    samples first (``stage_fig7``).
+
+    Returns (ok, worked); a failed Fig. 7 sample is a warning, not a failure. Their printed
+    output goes to ``report/<stage>.log``; the report itself (fits.md, figures) is where
+    they write it.
     """
     import contextlib
     import importlib
@@ -128,7 +181,8 @@ def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[s
     def work() -> tuple[bool, bool]:
         fp = _done_fingerprint(layout, run_ids)
         old = read_json(stamp, {}) or {}
-        if old.get("fingerprint") == fp:
+        todo = fig7.pending(layout, run_ids) if stage == "figures" else []
+        if old.get("fingerprint") == fp and not todo:
             say(f"{stage}: up to date with the {old.get('cells', '?')} finished cells; skipped")
             return True, False
         try:
@@ -139,22 +193,31 @@ def stage_analysis(layout: StudyLayout, stage: str, module: str, run_ids: list[s
         t0 = time.time()
         layout.report_dir.mkdir(parents=True, exist_ok=True)
         rc: Any = 0
-        with open(log, "w") as f, contextlib.redirect_stdout(f):
-            try:
-                rc = int(mod.main([str(layout.root)]) or 0)
-            except SystemExit as e:
-                rc = e.code if isinstance(e.code, int) else 1
-            except Exception as e:  # noqa: BLE001 - report it, keep what the cells produced
-                import traceback
+        sampled = ""
+        with open(log, "w") as f:
+            if todo:
+                t1 = time.time()
+                failed = stage_fig7(layout, todo, f)
+                sampled = (f" (Fig. 7: {len(todo) - len(failed)} of {len(todo)} run(s) sampled in "
+                           f"{time.time() - t1:.1f} s)")
+            f.flush()
+            with contextlib.redirect_stdout(f):
+                try:
+                    rc = int(mod.main([str(layout.root)]) or 0)
+                except SystemExit as e:
+                    rc = e.code if isinstance(e.code, int) else 1
+                except Exception as e:  # noqa: BLE001 - report it, keep what the cells produced
+                    import traceback
 
-                f.write(traceback.format_exc())
-                rc = f"{type(e).__name__}: {e}"
+                    f.write(traceback.format_exc())
+                    rc = f"{type(e).__name__}: {e}"
         if rc != 0:
             say(f"{stage}: FAILED ({rc if isinstance(rc, str) else 'exit ' + str(rc)}); see {log}")
             return False, True
         n = sum(layout.cell(r).done.exists() for r in run_ids)
         atomic_write_json(stamp, {"fingerprint": fp, "cells": n, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        say(f"{stage}: done in {time.time() - t0:.1f} s on {n} finished cells; output in {layout.report_dir} (log {log.name})")
+        say(f"{stage}: done in {time.time() - t0:.1f} s on {n} finished cells{sampled}; output in {layout.report_dir} "
+            f"(log {log.name})")
         return True, True
 
     return locked_stage(layout, stage, work)
