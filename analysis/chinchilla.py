@@ -75,17 +75,20 @@ def _objective(theta_bP: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: n
     c1 = c * e1
     c2 = c * e2
     g3 = (c * e3).sum(1) if e3.ndim == 2 and e3.shape[1] > 1 else c.sum(1) * e3[:, 0]
-    g = np.stack([c1.sum(1), c2.sum(1), g3, -(c1 @ logN), -(c2 @ logD)], axis=1)
+    # row sums, not matrix products: BLAS blocks a product by the batch's size, so a problem's
+    # rounding (and, in a flat valley, where its fit stops) would depend on the other problems
+    g = np.stack([c1.sum(1), c2.sum(1), g3, -(c1 * logN).sum(1), -(c2 * logD).sum(1)], axis=1)
     return f, g
 
 
 _POOL = None
+_CPUS = os.cpu_count() or 1  # read once: os.cpu_count() cost 70 us per L-BFGS iteration here
 
 
 def _threaded(fg1, th, rows, n_points: int, min_work: int = 200_000):
     """Split a large batch across the machine's cores (numpy releases the GIL in ufuncs)."""
     global _POOL
-    nt = min(int(os.environ.get("VARSCALE_FIT_THREADS", os.cpu_count() or 1)), 8)
+    nt = min(int(os.environ.get("VARSCALE_FIT_THREADS", _CPUS)), 8)
     if nt < 2 or len(rows) * n_points < min_work:
         return fg1(th, rows)
     if _POOL is None:
@@ -155,79 +158,111 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float],
                    starts: np.ndarray | None = None) -> Fit:
     """Fit L = E + A/N^alpha + B/D^beta by Hoffmann's Approach 3.
 
-    The whole 4,500-start grid runs batched; the best few starts are then polished with
-    scipy's L-BFGS-B (same objective, analytic gradient) and the best kept. Bootstrap
-    resamples (whole runs when ``groups`` is given, else points) restart from the best
-    ``boot_starts`` distinct minima of the full-data fit rather than the whole grid.
+    The whole 4,500-start grid runs batched; the best five starts are then polished (the
+    same objective, batched L-BFGS to a relative decrease of 1e-15) and the best kept.
+    Bootstrap resamples (whole runs when ``groups`` is given, else points) restart from the
+    best ``boot_starts`` distinct minima of the full-data fit rather than the whole grid.
     Result params: E, A, B, alpha, beta, plus a_opt = beta/(alpha+beta) and
     b_opt = alpha/(alpha+beta), the exponents of compute-optimal N and D in C.
     ``weights`` (n_boot, n) replaces the resamples by given ones (a ``StudyResample``'s, so
     that E moves with the laws fitted on L - E); bootstrap values land in ``fit.samples``.
     ``starts`` replaces Hoffmann's grid (e.g. a subset of it, for many small fits).
+    This is :func:`fit_chinchilla_many` for one study.
     """
     N, D, L = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (N, D, L))
     ok = np.isfinite(N) & np.isfinite(D) & np.isfinite(L) & (N > 0) & (D > 0) & (L > 0)
-    N, D, L = N[ok], D[ok], L[ok]
     if groups is not None:
         groups = np.asarray(groups)[ok]
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64)[:, ok]
+    return fit_chinchilla_many(N[ok], D[ok], L[ok][None], groups=groups, n_boot=n_boot, seed=seed, delta=delta,
+                               metric=metric, group=group, boot_starts=boot_starts, weights=weights,
+                               starts=starts)[0]
+
+
+POLISH = 5  # grid minima polished per study
+
+
+def fit_chinchilla_many(N: np.ndarray, D: np.ndarray, L_Sn: np.ndarray, groups: Sequence | None = None,
+                        n_boot: int = DEFAULT_BOOT, seed: int = 0, delta: float = HUBER_DELTA,
+                        metric: str = "loss", group: str = "", boot_starts: int = 4,
+                        weights: np.ndarray | None = None, starts: np.ndarray | None = None) -> list[Fit]:
+    """:func:`fit_chinchilla` on S studies of one design at once: the same points (N, D)
+    (n,), losses ``L_Sn`` (S, n), every value finite and positive. Every stage (grid,
+    polish, bootstrap) runs all studies in one batch; problems never interact, so study s
+    gets the numbers ``fit_chinchilla`` gives it alone. ``weights`` (n_boot, n): the same
+    resamples for every study (default: ``run_weights(groups, ...)``)."""
+    N, D = np.asarray(N, dtype=np.float64), np.asarray(D, dtype=np.float64)
+    L_Sn = np.atleast_2d(np.asarray(L_Sn, dtype=np.float64))
+    S, n = L_Sn.shape
+    if weights is not None:
         n_boot = weights.shape[0]
-    fit = Fit(form="chinchilla", metric=metric, x="N, D", group=group, n=int(L.size),
-              n_runs=int(len(np.unique(groups)) if groups is not None else L.size))
-    if L.size < 5:
-        fit.warnings.append(f"only {L.size} points for 5 parameters: not fitted")
-        fit.params = dict.fromkeys(DERIVED, float("nan"))
-        return fit
-    logN, logD, logL = np.log(N), np.log(D), np.log(L)
-
-    def fg1(th):
-        f, g = _objective(th[None], logN, logD, logL, None, delta)
-        return float(f[0]), g[0]
-
-    from scipy.optimize import minimize  # here: importing analysis needs no scipy
-
+    fits = [Fit(form="chinchilla", metric=metric, x="N, D", group=group, n=int(n),
+                n_runs=int(len(np.unique(groups)) if groups is not None else n)) for _ in range(S)]
+    if n < 5:
+        for fit in fits:
+            fit.warnings.append(f"only {n} points for 5 parameters: not fitted")
+            fit.params = dict.fromkeys(DERIVED, float("nan"))
+        return fits
+    logN, logD, logL = np.log(N), np.log(D), np.log(L_Sn)
     # the grid only has to find the basin: the best five starts are polished below
-    _, _, _, grid = approach3(N, D, L, starts=starts, delta=delta, maxiter=200, ftol=1e-9)
-    order = np.argsort(np.where(np.isfinite(grid.f), grid.f, np.inf))
-    polished = []
-    for i in order[:5]:
-        r = minimize(fg1, grid.x[i], jac=True, method="L-BFGS-B",
-                     options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
-        # scipy ends with ABNORMAL when the Huber kinks stop its line search at the optimum;
-        # accept that when the gradient is a millionth of what n points at the Huber
-        # slope delta could give (measured: 1e-8 on Chinchilla's data against 2.4e-7)
-        small = np.abs(r.jac).max() <= 1e-6 * delta * L.size
-        polished.append((r.fun, r.x, bool(r.success or small), r.message))
-    fbest, th, conv, msg = min(polished, key=lambda t: t[0])
-    d = _derived(th[None])[0]
-    fit.params = dict(zip(DERIVED, map(float, d)))
-    fit.extra = {"objective": float(fbest), "delta": delta,
-                 "starts": int(len(grid.f)),
-                 "starts_within_1pct": int((grid.f <= fbest * 1.01 + 1e-12).sum()),
-                 "theta": dict(zip(PARAMS, map(float, th)))}
-    if not conv:
-        fit.warnings.append(f"optimiser not converged: {msg}")
-    _flag_bounds(fit, th)
-    resid = np.log(fit.predict(N, D)) - logL
-    fit.extra["rmse_log"] = float(np.sqrt(np.mean(resid ** 2)))
-    if n_boot:
-        # distinct minima of the grid, best first, as starts for every resample
-        starts = [th]
-        for i in order:
-            if len(starts) >= boot_starts:
+    _, _, _, grid = approach3(N, D, L_Sn, starts=starts, delta=delta, maxiter=200, ftol=1e-9)
+    K = grid.x.shape[0] // S
+    gx, gf = grid.x.reshape(S, K, 5), np.where(np.isfinite(grid.f), grid.f, np.inf).reshape(S, K)
+    order = np.argsort(gf, axis=1, kind="stable")
+    P = min(POLISH, K)
+    x0 = gx[np.arange(S)[:, None], order[:, :P]].reshape(S * P, 5)
+    prow = np.repeat(np.arange(S), P)
+
+    def fgp(th, rows):
+        return _objective(th, logN, logD, logL[prow[rows]], None, delta)
+
+    pol = minimize_batched(fgp, x0, maxiter=5000, ftol=1e-15, gtol=1e-12)
+    pf = np.where(np.isfinite(pol.f), pol.f, np.inf).reshape(S, P)
+    best = pf.argmin(1)
+    TH = pol.x.reshape(S, P, 5)[np.arange(S), best]
+    for s, fit in enumerate(fits):
+        th, fbest = TH[s], float(pf[s, best[s]])
+        j = s * P + best[s]
+        # the Huber kinks can stop a line search at the optimum: accept a gradient a millionth
+        # of what n points at the Huber slope delta could give (1e-8 on Chinchilla's data
+        # against 2.4e-7)
+        conv = bool(pol.converged[j] or np.abs(pol.g[j]).max() <= 1e-6 * delta * n)
+        fit.params = dict(zip(DERIVED, map(float, _derived(th[None])[0])))
+        fit.extra = {"objective": fbest, "delta": delta, "starts": int(K),
+                     "starts_within_1pct": int((gf[s] <= fbest * 1.01 + 1e-12).sum()),
+                     "theta": dict(zip(PARAMS, map(float, th)))}
+        if not conv:
+            fit.warnings.append("optimiser not converged")
+        _flag_bounds(fit, th)
+        resid = np.log(fit.predict(N, D)) - logL[s]
+        fit.extra["rmse_log"] = float(np.sqrt(np.mean(resid ** 2)))
+    if not n_boot:
+        return fits
+    # distinct minima of each study's grid, best first, as starts for every resample; a study
+    # with fewer repeats its best (a repeated start changes no minimum)
+    bst = np.empty((S, boot_starts, 5))
+    for s in range(S):
+        chosen = [TH[s]]
+        for i in order[s]:
+            if len(chosen) >= boot_starts:
                 break
-            if all(np.abs(grid.x[i] - s).max() > 0.05 for s in starts):
-                starts.append(grid.x[i])
-        W = run_weights(groups, L.size, n_boot, seed) if weights is None else weights
-        tb, fb, cb, _ = approach3(N, D, L, weights=W, starts=np.array(starts), delta=delta)
-        samples = _derived(tb)
-        samples[~np.isfinite(fb)] = np.nan
+            if all(np.abs(gx[s, i] - c).max() > 0.05 for c in chosen):
+                chosen.append(gx[s, i])
+        bst[s] = chosen + [chosen[0]] * (boot_starts - len(chosen))
+    W = run_weights(groups, n, n_boot, seed) if weights is None else np.asarray(weights, dtype=np.float64)
+    B = W.shape[0]
+    tb, fb, cb, _ = approach3(N, D, np.repeat(L_Sn, B, axis=0), weights=np.tile(W, (S, 1)),
+                              starts=np.repeat(bst, B, axis=0), delta=delta)
+    for s, fit in enumerate(fits):
+        sl = slice(s * B, (s + 1) * B)
+        samples = _derived(tb[sl])
+        samples[~np.isfinite(fb[sl])] = np.nan
         attach_ci(fit, DERIVED, samples)
-        nc = int((~cb).sum())
+        nc = int((~cb[sl]).sum())
         if nc:
             fit.extra["boot_not_converged"] = nc
-    return fit
+    return fits
 
 
 def _flag_bounds(fit: Fit, th: np.ndarray) -> None:

@@ -252,30 +252,41 @@ def _fit_predictor(study: Study, n_boot: int, seed: int, use_floor: bool, metric
     fr = fitted_runs(study)
     if n_boot < 20:
         raise PredictError(f"n_boot {n_boot}: intervals need at least 20 resamples")
-    boot = StudyResample(fr["run_id"], n_boot, seed)
-    W = boot.weights(fr["run_id"])
+    W = StudyResample(fr["run_id"], n_boot, seed).weights(fr["run_id"])
     chin: dict[str, Fit] = {}
-    resid: dict[str, np.ndarray] = {}
     for m in metrics:
-        f = fit_chinchilla(fr["n_params"], fr["tokens_seen"], fr[m], groups=fr["run_id"], metric=m,
-                           group="final evaluations", weights=W, starts=starts)
+        chin[m] = fit_chinchilla(fr["n_params"], fr["tokens_seen"], fr[m], groups=fr["run_id"], metric=m,
+                                 group="final evaluations", weights=W, starts=starts)
+    return predictor_from_fits(study, chin, n_boot, seed, use_floor)
+
+
+def predictor_from_fits(study: Study, chin: dict[str, Fit], n_boot: int, seed: int = 0, use_floor: bool = True,
+                        frontier: bool = True) -> Predictor:
+    """The predictor of a study whose Approach-3 fits (one per metric, bootstrapped over
+    ``StudyResample(runs, n_boot, seed)``) are given: the floor, the residuals and (unless
+    ``frontier`` is False) the frontier law. :func:`fit_predictor` fits them one study at a
+    time; ``analysis.precision`` fits many simulated studies in one batch
+    (``fit_chinchilla_many``) and comes here for each."""
+    fr = fitted_runs(study)
+    boot = StudyResample(fr["run_id"], n_boot, seed)
+    resid: dict[str, np.ndarray] = {}
+    for m, f in chin.items():
         if not np.isfinite(f.params.get("E", np.nan)) or not f.samples:
             raise PredictError(f"{_name(study)}: Approach 3 did not fit {m}")
-        chin[m] = f
         with np.errstate(all="ignore"):
             resid[m] = np.log(fr[m].to_numpy(float)) - np.log(f.predict(fr["n_params"], fr["tokens_seen"]))
         resid[m] = resid[m][np.isfinite(resid[m])]
     floor, E_samples = H.choose_floors(entropy_floors(study, use_floor), {m: chin[m] for m in LOSSES if m in chin},
                                        fr, rule="auto" if use_floor else "none")
     front = {}
-    for m in metrics:
+    for m in chin if frontier else ():
         E = floor[m].E if m in floor else None
         front[m] = _frontier_fit(fr["flops"], fr[m], fr["run_id"], boot, E, E_samples.get(m))
     with np.errstate(all="ignore"):
         k = np.nanmedian(fr["flops"].to_numpy(float) / (fr["n_params"].to_numpy(float)
                                                           * fr["tokens_seen"].to_numpy(float)))
     notes = []
-    for m in metrics:
+    for m in chin:
         notes += [f"Approach 3 on {SHORT[m]}: {w}" for w in chin[m].warnings]
     return Predictor(study=_name(study), n_boot=n_boot, seed=seed, runs=fr, chin=chin, floor=floor,
                      E_samples=E_samples, resid=resid, frontier=front, k_flops=float(k),

@@ -24,6 +24,29 @@ def build_parser():
                          "<study>/predictions.json (committed to git: the pre-registration 'varscale check' "
                          "verifies) unless a run has trained since (default: no predictions)")
     ap.add_argument("--n-boot", type=int, default=1000, help="resamples of the pilot's runs (--predict-from)")
+    g = ap.add_argument_group("design precision (docs/design.md)")
+    g.add_argument("--precision", action="store_true",
+                   help="simulate the planned design: the 95%% interval widths its fits will report, and how "
+                        "often its floor will be resolved")
+    g.add_argument("--prior", metavar="STUDY_OR_FITS",
+                   help="laws and noise to simulate from: a trained study or a fits.json (default: the built-in "
+                        "prior, the default study's laws)")
+    g.add_argument("--target", action="append", metavar="depth=D,tokens=T",
+                   help="a run to predict (repeatable): its new-run interval width goes in the table (default: none)")
+    g.add_argument("--sims", type=int, default=100, help="simulated studies (default 100)")
+    g.add_argument("--sim-boot", type=int, default=100, help="resamples per simulated study (default 100)")
+    g.add_argument("--at-flops", type=float, help="the compute N_opt is stated at (default 10x the design's largest)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the simulation")
+    g.add_argument("--suggest", type=int, metavar="K",
+                   help="rank candidate cells by how much each narrows the --for widths per FLOP; add the K best (default: no suggestions)")
+    g.add_argument("--for", dest="goal", default="E", metavar="E|alpha|beta|a_opt|target",
+                   help="what --suggest narrows (comma-separated for several; default E)")
+    g.add_argument("--flops-budget", type=float, metavar="C",
+                   help="--suggest keeps the design's total FLOPs within C (when the study already spends it: "
+                        "a design built from nothing within C; default: no limit)")
+    g.add_argument("--grid", metavar="depths=..;budgets=..",
+                   help="the candidate cells of --suggest (default: the study's depths and two more, times its "
+                        "budgets and two doublings of the largest)")
     return ap
 
 
@@ -82,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     C.positive("--threads", a.threads)
     C.positive("--n-boot", a.n_boot)
     C.refuse_imported(a.study_dir)
+    for flag, v in (("--sims", a.sims), ("--sim-boot", a.sim_boot), ("--suggest", a.suggest),
+                    ("--flops-budget", a.flops_budget), ("--at-flops", a.at_flops)):
+        C.positive(flag, v)
+    if a.sim_boot < 20:
+        raise C.UsageError(f"--sim-boot {a.sim_boot}: intervals need at least 20 resamples")
     if a.predict_from:
         C.study_dir(a.predict_from)
     cfg = C.load_study(a.study_dir)
@@ -99,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         P.write_plan(layout, cfg, cells, plan)
     pred, msgs = (predicted_plan(cfg, layout, plan, a.predict_from, a.n_boot, not a.no_write)
                   if a.predict_from else (None, []))
+    if a.precision or a.suggest:
+        from varscale.cli.design import run_design
+
+        return run_design(a, cfg, layout, plan)
     if a.json:
         print(json.dumps(plan if pred is None else {**plan, "predictions": pred}, indent=1, default=str))
         return 0
