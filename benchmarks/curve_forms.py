@@ -163,6 +163,17 @@ def main(argv=None):
                       f"LLO worst {100 * _worst(r['llo']):+.2f}%  ({r['s']:.1f} s)", flush=True)
                 if "params" in r:
                     print("    params", {k: round(v, 4) for k, v in r["params"].items()})
+    print("\n| loss | lambda | form | parameters | rms residual | LOBO max | LOBO median | leave-largest-out worst |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in out:
+        lo = np.abs(list(r["lobo"].values()))
+        rms = "" if not np.isfinite(r["rms"]) else f"{100 * r['rms']:.2f}%"
+        print(f"| {'L_avg' if r['metric'] == 'test_loss_avg' else 'L_last'} | {r['decay'] or ''} | {r['form']} | "
+              f"{r['k']} | {rms} | {100 * lo.max():.2f}% | {100 * np.median(lo):.2f}% | {100 * _worst(r['llo']):+.2f}% |")
+    for r in out:
+        if r["form"].endswith("(registered)"):
+            print(f"\nLOBO per branch, {r['metric']}: " + ", ".join(f"{k} {100 * v:+.2f}%" for k, v in sorted(r["lobo"].items())))
+            print(f"leave-largest-out, {r['metric']}: " + ", ".join(f"{k} {100 * v:+.2f}%" for k, v in sorted(r["llo"].items())))
     if a.csv:
         rows = [{"metric": r["metric"], "form": r["form"], "decay": r["decay"], "check": chk, "run_id": k, "rel_error": v}
                 for r in out for chk in ("lobo", "llo") for k, v in r[chk].items()]
