@@ -240,8 +240,8 @@ def fit_chinchilla_many(N: np.ndarray, D: np.ndarray, L_Sn: np.ndarray, groups: 
     if not n_boot:
         return fits
     # distinct minima of each study's grid, best first, as starts for every resample; a study
-    # with fewer repeats its best (a repeated start changes no minimum)
-    bst = np.empty((S, boot_starts, 5))
+    # with fewer gets nan starts, which the optimiser drops before its first step
+    bst = np.full((S, boot_starts, 5), np.nan)
     for s in range(S):
         chosen = [TH[s]]
         for i in order[s]:
@@ -249,7 +249,7 @@ def fit_chinchilla_many(N: np.ndarray, D: np.ndarray, L_Sn: np.ndarray, groups: 
                 break
             if all(np.abs(gx[s, i] - c).max() > 0.05 for c in chosen):
                 chosen.append(gx[s, i])
-        bst[s] = chosen + [chosen[0]] * (boot_starts - len(chosen))
+        bst[s, :len(chosen)] = chosen
     W = run_weights(groups, n, n_boot, seed) if weights is None else np.asarray(weights, dtype=np.float64)
     B = W.shape[0]
     tb, fb, cb, _ = approach3(N, D, np.repeat(L_Sn, B, axis=0), weights=np.tile(W, (S, 1)),
