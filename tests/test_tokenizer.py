@@ -145,3 +145,67 @@ def test_default_study_tokenizer_hash_survives_new_options():
 
     cfg = load_study(Path(__file__).resolve().parents[1] / "runs" / "default")
     assert config_hash(cfg) == "21aa9356d949"  # the hash of the committed default study's trained tokenizer
+
+
+def _cpu32_cfg(recipe, steps=100):
+    """The default study's tokenizer shape (cpu32, 32x32 procedural images), a short run."""
+    return from_dict({"model": {"preset": "cpu32"},
+                      "tokenizer": {"steps": steps, "batch_size": 8, "lr": 1e-3, "threads": 1,
+                                    "fail_on_collapse": False, "recipe": recipe},
+                      "data": {"resolution": 32, "num_classes": 10, "train_images": 400, "val_images": 64}})
+
+
+def test_recipe_names_its_valid_values_and_leaves_old_hashes():
+    from varscale.config import ConfigError, tokenizer_config_hash
+
+    with pytest.raises(ConfigError, match=r"tokenizer.recipe: 'unit' .*one of 'original', 'unit_gain'"):
+        _cfg(recipe="unit")
+    plain, original, unit = _cfg(), _cfg(recipe="original"), _cfg(recipe="unit_gain")
+    # "original" is the recipe every study file without the key was trained with: same hashes
+    assert tokenizer_config_hash(original) == tokenizer_config_hash(plain)
+    assert original.hash() == plain.hash() and original.hash("data") == plain.hash("data")
+    # another recipe is another tokenizer (and so other tokens and cells), not a reuse of the old one
+    assert tokenizer_config_hash(unit) != tokenizer_config_hash(plain) and unit.hash() != plain.hash()
+    assert unit.hash("data") == plain.hash("data")
+
+
+def test_unit_gain_init_makes_the_reconstruction_depend_on_the_image():
+    from varscale.models.presets import get_preset
+    from varscale.models.vqvae import VQVAE
+    from varscale.tokenizer.train import init_unit_gain
+
+    def spread(vae):  # std of the difference between two random images' reconstructions
+        x1, x2 = torch.rand(8, 3, 32, 32) * 2 - 1, torch.rand(8, 3, 32, 32) * 2 - 1
+        with torch.no_grad():
+            rec = [vae.decoder(vae.post_quant_conv(vae.encode(x))) for x in (x1, x2)]
+        return float((rec[0] - rec[1]).std())
+
+    torch.manual_seed(0)
+    vae = VQVAE.from_preset(get_preset("cpu32"))
+    before = spread(vae)
+    init_unit_gain(vae)
+    assert before < 1e-3 < 1e-2 < spread(vae)  # 1.4e-5 against 0.115 when measured
+
+
+def test_mean_image_plateau_finds_the_longest_run_near_the_mean_image():
+    from varscale.tokenizer.train import mean_image_plateau
+
+    psnrs = [12.0, 12.1, 12.9, 15.0, 12.5, 12.4, 12.3, 12.2, 12.1, 18.0]
+    fine = [[25 * (i + 1), 0.3, p] for i, p in enumerate(psnrs)]
+    assert mean_image_plateau(fine, 12.2) == [101, 225]  # 5 points: 125 steps; the first 3 are 75
+    assert mean_image_plateau(fine[:4], 12.2) is None  # 75 steps: not a plateau
+    assert mean_image_plateau(fine, float("nan")) is None
+
+
+def test_unit_gain_recipe_leaves_the_mean_image_where_the_original_sits(tmp_path):
+    """The default study's tokenizer shape, 100 steps: the original recipe is still at the
+    mean image (its plateau lasts 600-800 steps on the default study), unit_gain is not."""
+    runs = {}
+    for recipe in ("original", "unit_gain"):
+        train_tokenizer(tmp_path / recipe, _cpu32_cfg(recipe), log=lambda s: None)
+        runs[recipe] = json.loads((tmp_path / recipe / "tokenizer" / "metrics.json").read_text())
+    base = runs["original"]["mean_image_psnr"]
+    assert runs["original"]["mean_image_plateau"] == [1, 100]
+    assert runs["unit_gain"]["mean_image_plateau"] is None
+    assert runs["unit_gain"]["fine_curve"][-1][2] > base + 2
+    assert runs["unit_gain"]["val_psnr"] > runs["original"]["val_psnr"] + 2

@@ -169,6 +169,12 @@ class TokenizerConfig:
     # steps trained as a plain autoencoder (quantizer bypassed) before the codebook is
     # initialised from the encoder's residuals and quantization starts
     ae_warmup_steps: int = opt(0)
+    # how the VQVAE's weights start (varscale.tokenizer.train.RECIPES; docs/data.md).
+    # "original": PyTorch's default init, under which the cpu32 reconstruction depends on its
+    # input at std 1e-5, so training first sits at the mean image for a number of steps that
+    # float rounding decides. "unit_gain": every encoder/decoder conv variance-preserving and
+    # every residual branch zero, so the reconstruction tracks the input from step 0
+    recipe: Literal["original", "unit_gain"] = opt("original")
     # a tokenizer no better than the mean image stops the study (false: warn and go on);
     # what to do with the result, not how it is made: outside the tokenizer's hash
     fail_on_collapse: bool = opt(True, hash={"id": "when_set", "tokenizer": "never"})

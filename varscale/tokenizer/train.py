@@ -85,6 +85,39 @@ def revive_codes(vae, dead_V: torch.Tensor, samples: list[torch.Tensor], gen: to
     return n
 
 
+RECIPES = ("original", "unit_gain")  # tokenizer.recipe: how the VQVAE's weights start
+
+
+@torch.no_grad()
+def init_unit_gain(vae) -> None:
+    """The ``unit_gain`` recipe: every encoder/decoder conv variance-preserving (Kaiming normal,
+    linear gain, zero bias) and every residual branch's last conv (ResnetBlock.conv2,
+    AttnBlock.proj_out) zero, so each block starts as the identity; the quantizer's phi convs
+    and codebook are left as they are (the codebook is set from the data at the first
+    quantized step).
+
+    Why: under PyTorch's default init each conv scales the variance by ~1/3, and the cpu32
+    VQVAE has no normalisation (``vae_norm: none``) to undo it, so at step 0 its reconstruction
+    depends on the input at std 1.4e-5 (a random input against another: 0.115 after this
+    init). Training then sits at the mean image (loss 0.333, 12.1 dB) until the weights grow,
+    after a number of steps float rounding decides. As a plain autoencoder at lr 1e-3, batch
+    16: 13.8 dB train PSNR at step 300 with the default init, 21.7 dB with this one
+    (docs/data.md, "The tokenizer recipe").
+    """
+    from varscale.models.vqvae import AttnBlock, ResnetBlock
+
+    quant = set(vae.quantize.modules())
+    for m in vae.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m not in quant:
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+            torch.nn.init.zeros_(m.bias)
+    for m in vae.modules():
+        if isinstance(m, ResnetBlock):
+            torch.nn.init.zeros_(m.conv2.weight)
+        elif isinstance(m, AttnBlock):
+            torch.nn.init.zeros_(m.proj_out.weight)
+
+
 def psnr_from_mse(mse: float) -> float:
     """PSNR in dB of images in [0, 1] (the [-1, 1] MSE divided by 4)."""
     return float(10 * math.log10(1.0 / max(mse, 1e-12)))
@@ -147,6 +180,32 @@ def collapse_message(m: dict) -> Optional[str]:
         return None
     return (f"the tokenizer collapsed: val PSNR {m['val_psnr']:.2f} dB is within {COLLAPSE_MARGIN_DB:g} dB "
             f"of predicting the dataset's mean image ({base:.2f} dB), so its tokens carry (almost) nothing")
+
+
+FINE_EVERY = 25  # steps per point of metrics.json's fine_curve
+PLATEAU_MIN_STEPS = 100
+
+
+def mean_image_plateau(fine: list, mean_image_psnr: float) -> Optional[list[int]]:
+    """[first, last] step of the longest run of ``fine`` points (``[step, loss, train PSNR]``,
+    each the mean over FINE_EVERY steps) within COLLAPSE_MARGIN_DB of the mean image's PSNR,
+    when it spans at least PLATEAU_MIN_STEPS steps; else None.
+
+    The ``original`` recipe on the default study sits there for 600-800 of its 2,500 steps
+    (benchmarks/tokenizer_kernels.py); a tokenizer that ends well can still have spent them.
+    """
+    if not fine or mean_image_psnr is None or not math.isfinite(mean_image_psnr):
+        return None
+    best, start, prev = None, None, None
+    for step, _, psnr in fine:
+        if psnr < mean_image_psnr + COLLAPSE_MARGIN_DB:
+            start = step - FINE_EVERY + 1 if start is None else start
+            prev = step
+            if best is None or prev - start > best[1] - best[0]:
+                best = [start, prev]
+        else:
+            start = None
+    return best if best is not None and best[1] - best[0] + 1 >= PLATEAU_MIN_STEPS else None
 
 
 def _lr_at(step: int, total: int, peak: float) -> float:
@@ -216,7 +275,13 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     gen = torch.Generator().manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     train_ds = make_dataset(cfg.data, "train")
-    vae = VQVAE.from_preset(preset).to(device).train()
+    vae = VQVAE.from_preset(preset)
+    if tc.recipe == "unit_gain":
+        init_unit_gain(vae)
+    # unit_gain also trains in channels_last: the same convs, 1.15-1.25x faster per cpu32 step
+    # on CPU (docs/data.md); "original" keeps NCHW, so its tokenizers stay reproducible bit for bit
+    fmt = torch.channels_last if tc.recipe == "unit_gain" else torch.contiguous_format
+    vae = vae.to(device, memory_format=fmt).train()
     vae.quantize.beta = tc.beta
     opt = torch.optim.Adam(vae.parameters(), lr=tc.lr, betas=tuple(tc.betas))
     K, V = len(preset.patch_nums), preset.vocab_size
@@ -224,6 +289,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     log_SV = torch.zeros(K, V)  # code hits since the last log line
     n_revived = 0
     curve = []
+    fine, fine_loss, fine_rec = [], 0.0, 0.0  # [step, loss, train PSNR] every FINE_EVERY steps
     batches = _batches(train_ds, tc.batch_size, rng)
     from tqdm import tqdm
 
@@ -232,7 +298,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     run_loss = run_rec = 0.0
     log_every = max(1, tc.steps // 10)
     for step in bar:
-        img = next(batches).to(device, non_blocking=True)
+        img = next(batches).to(device, non_blocking=True, memory_format=fmt)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, tc.steps, tc.lr)
         f = vae.encode(img)
@@ -262,6 +328,11 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
             window_SV.zero_()
         run_loss += float(loss.detach())
         run_rec += float(rec_l2.detach())
+        fine_loss += float(loss.detach())
+        fine_rec += float(rec_l2.detach())
+        if (step + 1) % FINE_EVERY == 0:
+            fine.append([step + 1, round(fine_loss / FINE_EVERY, 5), round(psnr_from_mse(fine_rec / FINE_EVERY / 4), 3)])
+            fine_loss = fine_rec = 0.0
         if (step + 1) % log_every == 0 or step + 1 == tc.steps:
             nb = (step % log_every) + 1
             row = {"step": step + 1, "loss": run_loss / nb, "train_psnr": psnr_from_mse(run_rec / nb / 4),
@@ -279,13 +350,14 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
             log_SV.zero_()
     bar.close()
     train_s = time.time() - t0
-    vae.eval()
+    vae = vae.to(memory_format=torch.contiguous_format).eval()  # measured as it is loaded
     m = evaluate(vae, val_ds, device=device)
     m.update({"train_wall_s": round(train_s, 1), "steps": tc.steps, "batch_size": tc.batch_size,
               "codes_revived": n_revived, "preset": preset.name, "config_hash": chash,
-              "tokenizer_hash": tokenizer_hash(vae), "curve": curve,
+              "tokenizer_hash": tokenizer_hash(vae), "curve": curve, "fine_curve": fine,
               "n_params": sum(p.numel() for p in vae.parameters()),
               "threads": torch.get_num_threads(), "device": str(device)})
+    m["mean_image_plateau"] = mean_image_plateau(fine, m["mean_image_psnr"])
     collapsed = collapse_message(m)
     m["collapsed"] = collapsed is not None
     sd = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
@@ -297,7 +369,7 @@ def train_tokenizer(study_dir, cfg, force: bool = False, log=print) -> Path:
     if collapsed and tc.fail_on_collapse:
         raise TokenizerCollapsed(
             f"{collapsed}. Its checkpoint is kept, marked incomplete, and nothing downstream was run. "
-            f"Try tokenizer.ae_warmup_steps, more tokenizer.steps, a lower tokenizer.lr, or another "
+            f"Try tokenizer.recipe: unit_gain, tokenizer.ae_warmup_steps, more tokenizer.steps, a lower tokenizer.lr, or another "
             f"tokenizer.seed (docs/data.md)")
     if collapsed:
         log(f"tokenizer: WARNING: {collapsed} (tokenizer.fail_on_collapse is false: going on)")
@@ -315,7 +387,7 @@ def evaluate_tokenizer(study_dir, cfg, log=print) -> dict[str, Any]:
 
 def _plain(m: dict) -> dict:
     """Metrics without the curve, in types torch.load(weights_only=True) accepts."""
-    return {k: v for k, v in m.items() if k != "curve"}
+    return {k: v for k, v in m.items() if k not in ("curve", "fine_curve")}
 
 
 def report(m: dict, log=print) -> None:
