@@ -83,11 +83,13 @@ def main() -> None:
         if args.parallel:
             started = [(p, *_start(args.study, work, p)) for p in paths]
             for p, proc, t0, d in started:
-                rows.append(_row(p, d, time.time() - t0, proc.wait()))
+                rc = proc.wait()
+                rows.append(_row(p, d, time.time() - t0, rc))
         else:
             for p in paths:
                 proc, t0, d = _start(args.study, work, p)
-                rows.append(_row(p, d, time.time() - t0, proc.wait()))
+                rc = proc.wait()
+                rows.append(_row(p, d, time.time() - t0, rc))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
