@@ -209,3 +209,14 @@ def test_unit_gain_recipe_leaves_the_mean_image_where_the_original_sits(tmp_path
     assert runs["unit_gain"]["mean_image_plateau"] is None
     assert runs["unit_gain"]["fine_curve"][-1][2] > base + 2
     assert runs["unit_gain"]["val_psnr"] > runs["original"]["val_psnr"] + 2
+
+
+def test_unit_gain_tokenizer_encodes_its_cache_and_leaves_the_vae_as_it_came(tmp_path):
+    from varscale.tokenizer.cache import TokenCache, build_token_cache
+
+    cfg = _cfg(recipe="unit_gain", steps=10)
+    train_tokenizer(tmp_path, cfg, log=lambda s: None)
+    vae = load_tokenizer(tmp_path, cfg)
+    meta = build_token_cache(tmp_path, cfg, vae=vae, log=lambda s: None)  # channels_last inside
+    assert meta["tokenizer_hash"] == tokenizer_hash(vae) and len(TokenCache(tmp_path / "tokens", "val")) == 32
+    assert all(p.is_contiguous() for p in vae.parameters())
