@@ -167,6 +167,10 @@ def _extrap_lines(report: Report) -> list[str]:
     return lines
 
 
+def _apct(v) -> str:
+    return "" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
 def _worst_llo(report: Report, form: str, m: str):
     errs = [e.rel_error for e in report.extrapolation if e.form == form and e.metric == m and e.quantity == "raw"
             and e.rel_error is not None]
@@ -182,8 +186,8 @@ def curve_lines(report: Report) -> list[str]:
             continue
         lo = f.extra.get("lobo") or {}
         a3 = _worst_llo(report, "chinchilla", f.metric)
-        out.append(f"  {SHORT.get(f.metric, f.metric)}: leave-one-branch-out max {_pct(lo.get('max_abs'))} median "
-                   f"{_pct(lo.get('median_abs'))} ({len(lo.get('each', []))} branches); leave-largest-out worst "
+        out.append(f"  {SHORT.get(f.metric, f.metric)}: leave-one-branch-out max {_apct(lo.get('max_abs'))} median "
+                   f"{_apct(lo.get('median_abs'))} ({len(lo.get('each', []))} branches); leave-largest-out worst "
                    f"{_pct(_worst_llo(report, 'curve', f.metric))}"
                    + (f" (Approach 3: {_pct(a3)})" if a3 is not None else ""))
     return ["", "loss-curve law over every evaluation (fit without each decay branch / the largest model, "
@@ -204,8 +208,8 @@ def _md_curve(report: Report) -> list[str]:
           "|---|---|---|---|---|---|---|"]
     for f in fits:
         lo = f.extra.get("lobo") or {}
-        md.append(f"| {SHORT.get(f.metric, f.metric)} | {f.equation()} | {_pct(f.extra.get('rms_rel_resid'))} | "
-                  f"{_pct(lo.get('max_abs'))} | {_pct(lo.get('median_abs'))} | "
+        md.append(f"| {SHORT.get(f.metric, f.metric)} | {f.equation()} | {_apct(f.extra.get('rms_rel_resid'))} | "
+                  f"{_apct(lo.get('max_abs'))} | {_apct(lo.get('median_abs'))} | "
                   f"{_pct(_worst_llo(report, 'curve', f.metric))} | {_pct(_worst_llo(report, 'chinchilla', f.metric))} |")
     md += ["", "| loss | held-out branch | N | tokens | observed | predicted | error |", "|---|---|---|---|---|---|---|"]
     for f in fits:
