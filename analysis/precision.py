@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import StudyResample, percentile_ci
+from .headline import AT_ZERO
 from .chinchilla import fit_chinchilla, fit_chinchilla_many
 from .load import LOSSES
 from .results import SHORT
@@ -185,6 +186,7 @@ class Precision:
     widths: list[Width] = field(default_factory=list)
     resolved: dict[str, float] = field(default_factory=dict)  # loss -> share of studies with E resolved
     at_zero: dict[str, float] = field(default_factory=dict)  # loss -> mean share of resamples with E at 0
+    excludes_zero: dict[str, float] = field(default_factory=dict)  # loss -> share of studies whose E interval excludes 0
     seconds: float = 0.0
 
     def get(self, quantity: str, metric: str) -> Width | None:
@@ -235,6 +237,7 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
     rec: dict[tuple[str, str], list[tuple[float, float, float]]] = {}  # (quantity, metric) -> (estimate, lo, hi)
     resolved = {m: [] for m in losses}
     at_zero = {m: [] for m in losses}
+    excl = {m: [] for m in losses}
 
     def put(q, m, est, ci):
         rec.setdefault((q, m), []).append((est, *(ci if ci is not None else (np.nan, np.nan))))
@@ -250,7 +253,9 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
             fl = P.floor.get(m)
             resolved[m].append(bool(fl is not None and fl.resolved))
             smp = f.samples.get("E")
-            at_zero[m].append(float(np.mean(smp[np.isfinite(smp)] < 0.01 * f.params["E"])) if smp is not None else np.nan)
+            at_zero[m].append(float(np.mean(smp[np.isfinite(smp)] < AT_ZERO * f.params["E"])) if smp is not None else np.nan)
+            lo_E = f.ci.get("E", (np.nan,))[0]
+            excl[m].append(bool(np.isfinite(lo_E) and lo_E > AT_ZERO * f.params["E"]))
             for q in ("E", "alpha", "beta", "a_opt"):
                 put(q, m, f.params[q], f.ci.get(q))
             al = optimal_allocation(P, C, m)
@@ -278,7 +283,9 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
             p = prior.laws[m]
             G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
             truth = G * (C / prior.k_flops) ** (p["beta"] / (p["alpha"] + p["beta"]))
-            w = Width(q, m, truth, float(np.median(est[ok])), float(np.nanmedian(hi / lo)),
+            with np.errstate(all="ignore"):
+                ratio = np.where(lo > 0, hi / lo, np.inf)
+            w = Width(q, m, truth, float(np.median(est[ok])), float(np.nanmedian(ratio)),
                       float(np.exp(_spread(np.log(est[ok & (est > 0)])))), relative=True)
         else:  # a target's new-run interval, relative to the prediction
             truth = truth_t.get((q, m), float("nan"))
@@ -287,6 +294,7 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
         out.widths.append(w)
     out.resolved = {m: float(np.mean(v)) for m, v in resolved.items() if v}
     out.at_zero = {m: float(np.nanmean(v)) for m, v in at_zero.items() if v}
+    out.excludes_zero = {m: float(np.mean(v)) for m, v in excl.items() if v}
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -319,8 +327,8 @@ def format_precision(p: Precision) -> str:
     out += ["  ".join(c.ljust(n) for c, n in zip(r, cols)) for r in rows]
     for m, share in p.resolved.items():
         out.append(f"{SHORT[m]}: floor resolved in {100 * share:.0f}% of simulated studies (95% interval of E above "
-                   f"E/2 and below every loss); on average {100 * p.at_zero.get(m, float('nan')):.1f}% of a study's "
-                   "resamples put E at 0")
+                   f"E/2 and below every loss), its interval excluding 0 in {100 * p.excludes_zero.get(m, 0):.0f}%; "
+                   f"on average {100 * p.at_zero.get(m, float('nan')):.1f}% of a study's resamples put E at 0")
     out.append("N_opt's width is upper / lower end of its interval; a target's is its 95% new-run interval, "
                "+- half of it relative to the prediction.")
     return "\n".join(out)
@@ -328,3 +336,40 @@ def format_precision(p: Precision) -> str:
 
 __all__ = ["Prior", "Precision", "Width", "prior_from_study", "prior_starts", "simulate", "format_precision",
            "trunks_of", "prior_from_report"]
+
+
+def prior_module(prior: Prior, command: str) -> str:
+    """The source of ``analysis/prior_default.py`` holding ``prior`` as the built-in one."""
+    import pprint
+
+    d = prior.to_dict()
+    d["builtin"] = False
+    d["laws"] = {m: {k: float(f"{v:.6g}") for k, v in p.items()} for m, p in d["laws"].items()}
+    for k in ("trunk", "run"):
+        d[k] = {m: [float(f"{x:.6g}") for x in v] for m, v in d[k].items()}
+    return (f'"""The built-in prior of ``varscale plan --precision``: the default study\'s Approach-3 laws and\n'
+            f'log residuals (``analysis.precision.prior_from_study``), written by\n\n    {command}\n"""\n'
+            "from __future__ import annotations\n\nfrom .precision import Prior\n\n"
+            f"DEFAULT: dict = {pprint.pformat(d, width=100, sort_dicts=True)}\n\n\n"
+            "def builtin_prior() -> Prior:\n"
+            "    return Prior.from_dict({**DEFAULT, \"builtin\": True})\n")
+
+
+def main(argv=None) -> int:
+    """``python -m analysis.precision <trained study>``: print the prior module of that study."""
+    import sys
+
+    from .study import Study
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m analysis.precision <trained study>  (prints analysis/prior_default.py)")
+        return 2
+    pr = prior_from_study(Study.load(args[0]))
+    pr.source = "the default study (runs/default), " + pr.note
+    print(prior_module(pr, f"python -m analysis.precision {args[0]} > analysis/prior_default.py"), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

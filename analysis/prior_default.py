@@ -1,12 +1,75 @@
-"""The built-in prior of ``varscale plan --precision``: the default study's laws and noise."""
+"""The built-in prior of ``varscale plan --precision``: the default study's Approach-3 laws and
+log residuals (``analysis.precision.prior_from_study``), written by
+
+    python -m analysis.precision runs/default > analysis/prior_default.py
+"""
 from __future__ import annotations
 
 from .precision import Prior
 
-DEFAULT: dict = {}
+DEFAULT: dict = {'builtin': False,
+ 'k_flops': 4.404087228825192,
+ 'laws': {'test_loss_avg': {'A': 33.2385,
+                            'B': 70236.5,
+                            'E': 3.16457,
+                            'alpha': 0.317091,
+                            'beta': 0.820298},
+          'test_loss_last': {'A': 56.2109,
+                             'B': 297971.0,
+                             'E': 2.27026,
+                             'alpha': 0.3335,
+                             'beta': 0.905317}},
+ 'note': '18 finished runs in 6 trunk(s)',
+ 'run': {'test_loss_avg': [0.0152066,
+                           0.0536819,
+                           -0.0688885,
+                           0.0123239,
+                           0.0147251,
+                           -0.027049,
+                           -0.000712805,
+                           0.00263249,
+                           -0.00191969,
+                           -0.00203883,
+                           -0.00783535,
+                           0.00987418,
+                           -0.00150198,
+                           -0.00422245,
+                           0.00572442,
+                           -0.000361908,
+                           -0.000206119,
+                           0.000568027],
+         'test_loss_last': [0.0228827,
+                            0.077185,
+                            -0.100068,
+                            0.0229461,
+                            0.0185974,
+                            -0.0415436,
+                            0.000417864,
+                            -0.000135419,
+                            -0.000282444,
+                            -0.00112414,
+                            -0.0142569,
+                            0.015381,
+                            -0.00380101,
+                            -0.00623314,
+                            0.0100341,
+                            -0.00406473,
+                            0.00385148,
+                            0.000213251]},
+ 'source': 'the default study (runs/default), 18 finished runs in 6 trunk(s)',
+ 'trunk': {'test_loss_avg': [-0.0157093,
+                             0.00461903,
+                             -0.00221686,
+                             0.00611222,
+                             0.000996989,
+                             0.000197354],
+           'test_loss_last': [-0.0234986,
+                              0.0128401,
+                              -0.000617689,
+                              0.0126994,
+                              0.00356761,
+                              0.000135745]}}
 
 
 def builtin_prior() -> Prior:
-    if not DEFAULT:
-        raise ValueError("no built-in prior in this version: name one with --prior <trained study or fits.json>")
     return Prior.from_dict({**DEFAULT, "builtin": True})

@@ -181,3 +181,16 @@ def test_plan_precision_and_suggest_commands(tmp_path, capsys):
     rc = main([str(study), "--no-write", "--suggest", "2", "--for", "floor", "--prior", str(pilot)])
     err = capsys.readouterr().err
     assert rc == 2 and "--for 'floor': unknown floor; valid: E, alpha, beta, a_opt, target" in err
+
+
+def test_built_in_prior_is_the_default_study_and_says_so(capsys):
+    """Without --prior the command simulates from the default study's laws and says so."""
+    from analysis.prior_default import builtin_prior
+    from varscale.cli.plan import main
+
+    pr = builtin_prior()
+    assert pr.builtin and set(pr.laws) == set(LOSSES)
+    assert len(pr.trunk["test_loss_avg"]) == 6 and len(pr.run["test_loss_avg"]) == 18  # 6 depths, 18 branches
+    rc = main(["runs/default", "--no-write", "--precision", "--sims", "4", "--sim-boot", "20"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "no --prior: simulating from the built-in prior, the default study" in out

@@ -211,7 +211,7 @@ def run_design(a, cfg, layout, plan) -> int:
     out: dict[str, Any] = {"prior": prior.source, "builtin_prior": prior.builtin}
     say = (lambda *x: None) if a.json else print
     if prior.builtin:
-        say(f"no --prior: simulating from the built-in prior, {prior.source} ({prior.note})")
+        say(f"no --prior: simulating from the built-in prior, {prior.source}")
     try:
         if a.precision:
             p = simulate(prior, designs.frame(tuple(here)), a.sims, a.sim_boot, a.seed, targets, a.at_flops)
