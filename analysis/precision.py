@@ -187,6 +187,7 @@ class Precision:
     resolved: dict[str, float] = field(default_factory=dict)  # loss -> share of studies with E resolved
     at_zero: dict[str, float] = field(default_factory=dict)  # loss -> mean share of resamples with E at 0
     excludes_zero: dict[str, float] = field(default_factory=dict)  # loss -> share of studies whose E interval excludes 0
+    at_zero_range: dict[str, list[float]] = field(default_factory=dict)  # loss -> 2.5th, 97.5th percentile of that share
     seconds: float = 0.0
 
     def get(self, quantity: str, metric: str) -> Width | None:
@@ -295,8 +296,13 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
     out.resolved = {m: float(np.mean(v)) for m, v in resolved.items() if v}
     out.at_zero = {m: float(np.nanmean(v)) for m, v in at_zero.items() if v}
     out.excludes_zero = {m: float(np.mean(v)) for m, v in excl.items() if v}
+    out.at_zero_range = {m: [float(x) for x in np.nanpercentile(v, [2.5, 97.5])] for m, v in at_zero.items() if v}
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def _pct_range(r) -> str:
+    return "n/a" if not r else f"{100 * r[0]:.1f}% to {100 * r[1]:.1f}%"
 
 
 def _spread(x: np.ndarray) -> float:
@@ -328,7 +334,8 @@ def format_precision(p: Precision) -> str:
     for m, share in p.resolved.items():
         out.append(f"{SHORT[m]}: floor resolved in {100 * share:.0f}% of simulated studies (95% interval of E above "
                    f"E/2 and below every loss), its interval excluding 0 in {100 * p.excludes_zero.get(m, 0):.0f}%; "
-                   f"on average {100 * p.at_zero.get(m, float('nan')):.1f}% of a study's resamples put E at 0")
+                   f"on average {100 * p.at_zero.get(m, float('nan')):.1f}% of a study's resamples put E at 0 "
+                   f"(95% of studies: {_pct_range(p.at_zero_range.get(m))})")
     out.append("N_opt's width is upper / lower end of its interval; a target's is its 95% new-run interval, "
                "+- half of it relative to the prediction.")
     return "\n".join(out)
