@@ -114,8 +114,8 @@ def parse_targets(specs: list[str], cfg) -> list[dict]:
 
 def parse_grid(spec: str | None, cfg, here: list[Cell]) -> list[Cell]:
     """Candidate cells: ``depths=1,2,..;budgets=..`` or, by default, the study's depths and
-    two more (the next depths of the preset's step), times its budgets and two doublings of
-    the largest."""
+    the next two at the step of its largest two, times its budgets, half the smallest and
+    three doublings of the largest."""
     depths = sorted({d for d, _ in here})
     budgets = sorted({b for _, b in here})
     if spec:
@@ -134,7 +134,7 @@ def parse_grid(spec: str | None, cfg, here: list[Cell]) -> list[Cell]:
     else:
         step = max(depths[-1] - depths[-2], 1) if len(depths) > 1 else 1
         depths = depths + [depths[-1] + step, depths[-1] + 2 * step]
-        budgets = budgets + [budgets[-1] * 2, budgets[-1] * 4]
+        budgets = [budgets[0] / 2] + budgets + [budgets[-1] * 2, budgets[-1] * 4, budgets[-1] * 8]
     return [(d, b) for d in depths for b in budgets]
 
 
