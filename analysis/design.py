@@ -110,10 +110,28 @@ class Suggestion:
     start_criterion: float
     start_widths: dict
     steps: list[Step] = field(default_factory=list)
+    below: list[tuple[int, float]] = field(default_factory=list)  # candidates left out: below the prior's range
 
     def cells(self, base: Iterable[tuple[int, float]] = ()) -> list[tuple[int, float]]:
         """The design after every step: ``base`` (the study's cells when it started from them) plus the steps."""
         return sorted(set(base) | {(s.depth, s.tokens) for s in self.steps})
+
+
+def within_prior(prior: Prior, rows, candidates):
+    """Candidates whose final evaluation lies at or above the smallest N and D the prior's laws
+    were fitted on, and those left out. Below them the law was never seen: a default study
+    trained with cells at half its smallest token budget found the loss flat in N there (the
+    runs had not left the early plateau, docs/design.md), where the prior's law promised
+    information cheaply."""
+    if not prior.range_N or not prior.range_D:
+        return list(candidates), []
+    keep, below = [], []
+    for c in candidates:
+        r = rows([c])
+        ok = len(r) and (r["n_params"].min() >= prior.range_N[0] * (1 - 1e-6)
+                         and r["tokens"].min() >= prior.range_D[0] * (1 - 1e-3))
+        (keep if ok else below).append(c)
+    return keep, below
 
 
 def suggest(prior: Prior, rows: Callable[[list[tuple[int, float]]], pd.DataFrame],
@@ -128,6 +146,7 @@ def suggest(prior: Prior, rows: Callable[[list[tuple[int, float]]], pd.DataFrame
     goals = tuple(goals)
     targets = list(targets)
     labels = [t.get("label") or "target" for t in targets]
+    candidates, below = within_prior(prior, rows, candidates)
 
     def score(cells):
         w = linear_widths(prior, rows(cells), targets)
@@ -141,7 +160,7 @@ def suggest(prior: Prior, rows: Callable[[list[tuple[int, float]]], pd.DataFrame
             start, cells = "empty", []
     crit, w = score(cells)
     c0 = cost(cells) if cells else 0.0
-    out = Suggestion(start=start, goals=goals, start_cost=c0, start_criterion=crit, start_widths=w)
+    out = Suggestion(start=start, goals=goals, start_cost=c0, start_criterion=crit, start_widths=w, below=below)
     for _ in range(K):
         here = cost(cells) if cells else 0.0
         best = None

@@ -55,6 +55,8 @@ class Prior:
     k_flops: float = 6.0  # FLOPs per parameter-token of the prior's study
     builtin: bool = False
     note: str = ""
+    range_N: list[float] | None = None  # the model sizes and token counts the laws were fitted on
+    range_D: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +64,7 @@ class Prior:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Prior":
         return cls(**{k: d[k] for k in ("source", "laws", "trunk", "run") if k in d},
-                   **{k: d[k] for k in ("k_flops", "builtin", "note") if k in d})
+                   **{k: d[k] for k in ("k_flops", "builtin", "note", "range_N", "range_D") if k in d})
 
     def law(self, m: str, N, D) -> np.ndarray:
         p = self.laws[m]
@@ -111,7 +113,9 @@ def prior_from_study(study: Study, wsd: bool | None = None) -> Prior:
     with np.errstate(all="ignore"):
         k = float(np.nanmedian(fr["flops"] / (fr["n_params"] * fr["tokens_seen"])))
     return Prior(source=str(study.root or study.name), laws=laws, trunk=tr, run=rn, k_flops=k,
-                 note=f"{n} finished runs in {len(codes)} trunk(s)")
+                 note=f"{n} finished runs in {len(codes)} trunk(s)",
+                 range_N=[float(fr["n_params"].min()), float(fr["n_params"].max())],
+                 range_D=[float(fr["tokens_seen"].min()), float(fr["tokens_seen"].max())])
 
 
 def prior_from_report(path) -> Prior:

@@ -174,7 +174,8 @@ def test_plan_precision_and_suggest_commands(tmp_path, capsys):
     assert rc == 0
     assert "precision of this design: 6 simulated studies" in out and "floor resolved in" in out
     assert "d10 @ 4.8e+06 tokens" in out
-    rc = main([str(study), "--no-write", "--suggest", "2", "--for", "E,a_opt", "--prior", str(pilot), "--sims", "4",
+    # the built-in prior: the pilot's laws were fitted on larger models than this study's
+    rc = main([str(study), "--no-write", "--suggest", "2", "--for", "E,a_opt", "--sims", "4",
                "--sim-boot", "20", "--json"])
     d = json.loads(capsys.readouterr().out)
     assert rc == 0 and len(d["suggestion"]["steps"]) == 2 and d["suggestion"]["precision"]["sims"] == 4
@@ -194,3 +195,24 @@ def test_built_in_prior_is_the_default_study_and_says_so(capsys):
     rc = main(["runs/default", "--no-write", "--precision", "--sims", "4", "--sim-boot", "20"])
     out = capsys.readouterr().out
     assert rc == 0 and "no --prior: simulating from the built-in prior, the default study" in out
+
+
+def test_suggest_leaves_out_cells_below_the_priors_range():
+    """A candidate below the smallest N or D the prior was fitted on is never suggested (the
+    law was not seen there) and is named; one above the range may be."""
+    prior = _prior()
+    prior.range_N, prior.range_D = [1.5e4, 2.5e6], [6e5, 2.4e6]
+    Ns = dict(zip(range(1, 7), np.geomspace(1.5e4, 2.5e6, 6)))
+
+    def rows(cells):
+        return pd.DataFrame([{"n_params": Ns[d], "tokens": T, "trunk": str(d)} for d, T in cells])
+
+    def cost(cells):
+        return float(sum(6 * Ns[d] * T for d, T in cells))
+
+    base = [(d, T) for d in range(1, 7) for T in (6e5, 1.2e6)]
+    cands = [(d, T) for d in range(1, 7) for T in (3e5, 6e5, 1.2e6, 2.4e6, 4.8e6)]
+    s = suggest(prior, rows, cost, base, cands, K=6, goals=("E", "a_opt"))
+    assert sorted(s.below) == [(d, 3e5) for d in range(1, 7)]
+    assert s.steps and all(x.tokens >= 6e5 for x in s.steps)
+    assert any(x.tokens > 2.4e6 for x in s.steps)  # above the range is allowed

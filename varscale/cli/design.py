@@ -114,8 +114,8 @@ def parse_targets(specs: list[str], cfg) -> list[dict]:
 
 def parse_grid(spec: str | None, cfg, here: list[Cell]) -> list[Cell]:
     """Candidate cells: ``depths=1,2,..;budgets=..`` or, by default, the study's depths and
-    the next two at the step of its largest two, times its budgets, half the smallest and
-    three doublings of the largest."""
+    the next two at the step of its largest two, times its budgets and three doublings of the
+    largest."""
     depths = sorted({d for d, _ in here})
     budgets = sorted({b for _, b in here})
     if spec:
@@ -134,7 +134,7 @@ def parse_grid(spec: str | None, cfg, here: list[Cell]) -> list[Cell]:
     else:
         step = max(depths[-1] - depths[-2], 1) if len(depths) > 1 else 1
         depths = depths + [depths[-1] + step, depths[-1] + 2 * step]
-        budgets = [budgets[0] / 2] + budgets + [budgets[-1] * 2, budgets[-1] * 4, budgets[-1] * 8]
+        budgets = budgets + [budgets[-1] * 2, budgets[-1] * 4, budgets[-1] * 8]
     return [(d, b) for d in depths for b in budgets]
 
 
@@ -231,6 +231,10 @@ def run_design(a, cfg, layout, plan) -> int:
                                  "cells": [list(c) for c in cells]}
             unit = cfg.budgets.unit
             say("")
+            if sug.below:
+                say(f"left out {len(sug.below)} candidate cell(s) below the smallest N or D the prior was fitted on "
+                    f"(its law was never seen there): " + ", ".join(f"d{d} at {b:.3g}" for d, b in sug.below[:8])
+                    + (" ..." if len(sug.below) > 8 else ""))
             if sug.start == "empty":
                 say(f"the study's {len(here)} cells already spend {designs.cost(here):.3g} FLOPs of the "
                     f"--flops-budget {a.flops_budget:.3g}: a design built from nothing within it")

@@ -46,7 +46,7 @@ def build_parser():
                         "a design built from nothing within C; default: no limit)")
     g.add_argument("--grid", metavar="depths=..;budgets=..",
                    help="the candidate cells of --suggest (default: the study's depths and two more, times its "
-                        "budgets, half the smallest and three doublings of the largest)")
+                        "budgets and three doublings of the largest; cells below the prior's smallest N or D are left out)")
     return ap
 
 
