@@ -49,7 +49,7 @@ def covariance(prior: Prior, m: str, N, D, trunk) -> np.ndarray:
         return np.linalg.inv(_P0)
     J = _jac(prior, m, N, D)
     vt, vr = float(np.var(prior.trunk[m])), float(np.var(prior.run[m]))
-    vr = max(vr, 1e-12)
+    vr = max(vr, 1e-3 * (vt + vr), 1e-12)  # a prior with no per-run part would make S singular
     t = np.asarray(trunk).astype(str)
     Sig = np.diag(np.full(len(N), vr)) + vt * (t[:, None] == t[None, :])
     info = J.T @ np.linalg.solve(Sig, J) + _P0
@@ -154,10 +154,8 @@ def suggest(prior: Prior, rows: Callable[[list[tuple[int, float]]], pd.DataFrame
 
     start = "study"
     cells = sorted(set(base))
-    if budget is not None:
-        room = [c for c in candidates if c not in cells and cost(cells + [c]) <= budget]
-        if not room:
-            start, cells = "empty", []
+    if budget is not None and cells and cost(cells) >= budget * (1 - 1e-9):
+        start, cells = "empty", []
     crit, w = score(cells)
     c0 = cost(cells) if cells else 0.0
     out = Suggestion(start=start, goals=goals, start_cost=c0, start_criterion=crit, start_widths=w, below=below)

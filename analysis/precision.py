@@ -101,12 +101,16 @@ def prior_from_study(study: Study, wsd: bool | None = None) -> Prior:
     n = len(fr)
     inflate = np.sqrt(n / max(n - N_FIT_PARAMS, 1))
     codes, tix = np.unique(trunk, return_inverse=True)
+    one_each = len(codes) == n  # every trunk one run: all of the noise is the run's
     for m in LOSSES:
         if m not in fr or fr[m].isna().any():
             continue
         f = fit_chinchilla(fr["n_params"], fr["tokens_seen"], fr[m], n_boot=0, metric=m)
         laws[m] = {k: float(f.params[k]) for k in LAW_KEYS}
         r = np.log(fr[m].to_numpy(float)) - np.log(f.predict(fr["n_params"], fr["tokens_seen"]))
+        if one_each:
+            tr[m], rn[m] = [0.0], (inflate * r).tolist()
+            continue
         mean_t = np.array([r[tix == t].mean() for t in range(len(codes))])
         tr[m] = (inflate * mean_t).tolist()
         rn[m] = (inflate * (r - mean_t[tix])).tolist()
@@ -187,6 +191,7 @@ class Precision:
     n_boot: int
     seed: int
     at_flops: float  # the compute N_opt is stated at
+    fitted: int = 0  # simulated studies whose fits gave a predictor (the widths are theirs)
     widths: list[Width] = field(default_factory=list)
     resolved: dict[str, float] = field(default_factory=dict)  # loss -> share of studies with E resolved
     at_zero: dict[str, float] = field(default_factory=dict)  # loss -> mean share of resamples with E at 0
@@ -223,6 +228,7 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
     t0 = time.perf_counter()
     fin = design[design["is_final"]].sort_values("run_id").reset_index(drop=True)
     N, D = fin["n_params"].to_numpy(float), fin["tokens"].to_numpy(float)
+    k_design = float(np.nanmedian(fin["flops"].to_numpy(float) / (N * D)))  # what the fits' N_opt uses
     if len(fin) < 6 or len(np.unique(N)) < 2 or len(np.unique(D)) < 2:
         raise PredictError(f"the design has {len(fin)} finished run(s): Approach 3 needs >= 6 with both the "
                            "model size and the token count varying")
@@ -243,6 +249,7 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
     resolved = {m: [] for m in losses}
     at_zero = {m: [] for m in losses}
     excl = {m: [] for m in losses}
+    fitted = 0
 
     def put(q, m, est, ci):
         rec.setdefault((q, m), []).append((est, *(ci if ci is not None else (np.nan, np.nan))))
@@ -253,6 +260,7 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
             P = predictor_from_fits(st, {m: fits[m][s] for m in losses}, n_boot, seed, frontier=False)
         except PredictError:
             continue
+        fitted += 1
         for m in losses:
             f = fits[m][s]
             fl = P.floor.get(m)
@@ -270,7 +278,7 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
             for _, r in pr.iterrows():
                 put(r["target"], r["metric"], r["predicted"], (r["pi_lo"], r["pi_hi"]))
     out = Precision(prior=prior.source, builtin_prior=prior.builtin, runs=len(fin), sims=sims, n_boot=n_boot,
-                    seed=seed, at_flops=C)
+                    seed=seed, at_flops=C, fitted=fitted)
     truth_t = {}
     for t in targets or []:
         for m in losses:
@@ -287,7 +295,7 @@ def simulate(prior: Prior, design: pd.DataFrame, sims: int = 100, n_boot: int = 
         elif q == "N_opt":  # a size: its interval as upper / lower
             p = prior.laws[m]
             G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
-            truth = G * (C / prior.k_flops) ** (p["beta"] / (p["alpha"] + p["beta"]))
+            truth = G * (C / k_design) ** (p["beta"] / (p["alpha"] + p["beta"]))
             with np.errstate(all="ignore"):
                 ratio = np.where(lo > 0, hi / lo, np.inf)
             w = Width(q, m, truth, float(np.median(est[ok])), float(np.nanmedian(ratio)),
@@ -321,6 +329,9 @@ def format_precision(p: Precision) -> str:
     src = f"the built-in prior ({p.prior})" if p.builtin_prior else f"the prior {p.prior}"
     out = [f"precision of this design: {p.sims} simulated studies from {src}, each fitted as `varscale fit` "
            f"does ({p.runs} finished runs, {p.n_boot} resamples of whole runs; {p.seconds:.0f} s)"]
+    if p.fitted < p.sims:
+        out.append(f"only {p.fitted} of the {p.sims} simulated studies gave a fit (Approach 3 failed on the rest): "
+                   "the widths are theirs")
     head = ["quantity", "loss", "prior", "median fit", "95% interval width", "relative", "spread of fits"]
     rows = []
     for w in p.widths:

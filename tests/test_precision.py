@@ -124,7 +124,7 @@ def test_prior_from_study_recovers_the_law_and_noise(tmp_path):
     assert pr.laws[m]["alpha"] == pytest.approx(law.alpha, abs=0.08)
     sd = pr.noise_sd[m]
     assert 0.001 < sd < 0.01  # the runs' 1% noise on the reducible part, ~1/4 of the loss here
-    assert len(pr.trunk[m]) == 15 and len(pr.run[m]) == 15  # independent runs: one trunk each
+    assert pr.trunk[m] == [0.0] and len(pr.run[m]) == 15  # independent runs: all the noise is each run's
 
 
 def test_linear_widths_shrink_with_runs_and_suggest_narrows_the_goal():
@@ -181,6 +181,13 @@ def test_plan_precision_and_suggest_commands(tmp_path, capsys):
     rc = main([str(study), "--no-write", "--suggest", "2", "--for", "floor", "--prior", str(pilot)])
     err = capsys.readouterr().err
     assert rc == 2 and "--for 'floor': unknown floor; valid: E, alpha, beta, a_opt, target" in err
+    for bad, says in ((["--grid", "depths=1,2;budgets=-5"], "budgets finite numbers > 0"),
+                      (["--flops-budget", "nan"], "--flops-budget must be > 0, got nan"),
+                      (["--grid", "depths=1;budgets=1"], "fewer than evaluation.min_step")):
+        rc = main([str(study), "--suggest", "2", *bad])
+        err = capsys.readouterr().err
+        assert rc == 2 and says in err and "Traceback" not in err, err
+    assert not (study / "plan.json").exists()  # a question about the design writes nothing
 
 
 def test_built_in_prior_is_the_default_study_and_says_so(capsys):

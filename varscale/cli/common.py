@@ -100,7 +100,8 @@ def positive(name: str, value: Optional[float], allow_zero: bool = False) -> Non
     """``--name`` must be > 0 (>= 0 with ``allow_zero``) when given."""
     if value is None:
         return
-    bad = value < 0 if allow_zero else value <= 0
+    # written as "not good" so that nan fails too; inf is no budget either
+    bad = not (value >= 0 if allow_zero else value > 0) or value == float("inf")
     require(not bad, f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
 
 

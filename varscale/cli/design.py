@@ -56,7 +56,7 @@ class Designs:
         return sorted({(int(a), float(b)) for a, b in zip(d["depth"], d["budget"])})
 
     def _plan(self, cells: tuple[Cell, ...] | None) -> list[Any]:
-        from varscale.grid.cells import plan_cells
+        from varscale.grid.cells import PlanError, plan_cells
 
         cfg = self.cfg
         if cells is not None:
@@ -65,7 +65,10 @@ class Designs:
             cfg = dataclasses.replace(
                 cfg, model=dataclasses.replace(cfg.model, depths=sorted({d for d, _ in cells})),
                 budgets=dataclasses.replace(cfg.budgets, values=budgets, depths_per_budget=dpb))
-        return plan_cells(cfg, self.root)
+        try:
+            return plan_cells(cfg, self.root)
+        except PlanError as e:
+            raise C.UsageError(" ".join(str(e).split())) from None
 
     @lru_cache(maxsize=None)
     def frame(self, cells: tuple[Cell, ...]) -> pd.DataFrame:
@@ -81,7 +84,7 @@ class Designs:
         return float(self.frame(tuple(sorted(cells)))["cost"].sum()) if cells else 0.0
 
 
-def parse_targets(specs: list[str], cfg) -> list[dict]:
+def parse_targets(specs: list[str], cfg, k_flops: float = 6.0) -> list[dict]:
     """``--target depth=D,tokens=T`` (or n_params=N; flops=C) as ``predict`` targets."""
     from varscale.models.spec import param_counts, var_config_for
 
@@ -105,7 +108,7 @@ def parse_targets(specs: list[str], cfg) -> list[dict]:
         if "n_params" not in t or not ("tokens" in t or "flops" in t):
             raise C.UsageError(f"--target {spec!r}: needs depth (or n_params) and tokens (or flops)")
         if "tokens" not in t:
-            t["tokens"] = t["flops"] / (6.0 * t["n_params"])
+            t["tokens"] = t["flops"] / (k_flops * t["n_params"])  # the study's FLOPs per parameter-token
         size = f"d{t['depth']}" if "depth" in t else f"N={t['n_params']:.3g}"
         t["label"] = kv.get("label") or f"{size} @ {t['tokens']:.3g} tokens"
         out.append(t)
@@ -127,6 +130,10 @@ def parse_grid(spec: str | None, cfg, here: list[Cell]) -> list[Cell]:
                 raise C.UsageError(f"--grid {spec!r}: values must be numbers") from None
             if not sep or k.strip() not in ("depths", "budgets") or not vals:
                 raise C.UsageError(f"--grid {spec!r}: expected depths=1,2,..;budgets=6e5,.. (either or both)")
+            if any(not (x > 0) or x == float("inf") for x in vals) or (k.strip() == "depths" and
+                                                                       any(x != int(x) for x in vals)):
+                raise C.UsageError(f"--grid {spec!r}: depths must be whole numbers >= 1 and budgets finite "
+                                   "numbers > 0")
             if k.strip() == "depths":
                 depths = sorted({int(x) for x in vals})
             else:
@@ -205,9 +212,10 @@ def run_design(a, cfg, layout, plan) -> int:
         prior = load_prior(a.prior)
     except ValueError as e:
         raise C.UsageError(str(e)) from None
-    targets = parse_targets(a.target, cfg)
     designs = Designs(cfg, layout.root)
     here = designs.cells_of()
+    d0 = designs.rows(here)
+    targets = parse_targets(a.target, cfg, float((d0["flops"] / (d0["n_params"] * d0["tokens"])).median()))
     out: dict[str, Any] = {"prior": prior.source, "builtin_prior": prior.builtin}
     say = (lambda *x: None) if a.json else print
     if prior.builtin:
@@ -248,10 +256,14 @@ def run_design(a, cfg, layout, plan) -> int:
                 say("no candidate cell narrows the chosen widths within the budget")
             else:
                 say("as a study file:\n" + dpb_yaml(cells, unit))
-                p2 = simulate(prior, designs.frame(tuple(cells)), a.sims, a.sim_boot, a.seed, targets, a.at_flops)
-                out["suggestion"]["precision"] = p2.to_dict()
-                say("")
-                say("the suggested design, simulated:\n" + format_precision(p2))
+                try:
+                    p2 = simulate(prior, designs.frame(tuple(cells)), a.sims, a.sim_boot, a.seed, targets, a.at_flops)
+                except PredictError as e:  # too small a design to fit: the suggestion stands, unsimulated
+                    say(f"the suggested design is not simulated: {e}")
+                else:
+                    out["suggestion"]["precision"] = p2.to_dict()
+                    say("")
+                    say("the suggested design, simulated:\n" + format_precision(p2))
     except PredictError as e:
         raise C.UsageError(str(e)) from None
     if a.json:

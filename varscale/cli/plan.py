@@ -123,14 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     plan = P.build_plan(cfg, layout, cells, a.flops_per_s, a.threads)
     for sentence in monitor_problems(cfg):  # a warning: the training nodes may have it
         C.warn(PROG, sentence)
+    if a.precision or a.suggest:  # a question about the design: nothing is written
+        from varscale.cli.design import run_design
+
+        if a.predict_from:
+            raise C.UsageError("--predict-from writes predictions; ask --precision / --suggest in another call")
+        return run_design(a, cfg, layout, plan)
     if not a.no_write:
         P.write_plan(layout, cfg, cells, plan)
     pred, msgs = (predicted_plan(cfg, layout, plan, a.predict_from, a.n_boot, not a.no_write)
                   if a.predict_from else (None, []))
-    if a.precision or a.suggest:
-        from varscale.cli.design import run_design
-
-        return run_design(a, cfg, layout, plan)
     if a.json:
         print(json.dumps(plan if pred is None else {**plan, "predictions": pred}, indent=1, default=str))
         return 0
