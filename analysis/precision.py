@@ -25,7 +25,7 @@ share of resamples that put E at 0. Nothing here reads or writes a file: ``varsc
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -63,8 +63,7 @@ class Prior:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Prior":
-        return cls(**{k: d[k] for k in ("source", "laws", "trunk", "run") if k in d},
-                   **{k: d[k] for k in ("k_flops", "builtin", "note", "range_N", "range_D") if k in d})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     def law(self, m: str, N, D) -> np.ndarray:
         p = self.laws[m]
@@ -80,13 +79,6 @@ class Prior:
     def noise_sd(self) -> dict[str, float]:
         """Per loss: the sd of one run's log residual (trunk and run parts together)."""
         return {m: float(np.sqrt(np.var(self.trunk[m]) + np.var(self.run[m]))) for m in self.laws}
-
-
-def trunks_of(final: pd.DataFrame) -> np.ndarray:
-    """The trunk of each finished run: a WSD branch's stable run (depth, seed), else the run."""
-    if "branch_from" in final and final["branch_from"].notna().any():
-        return final["branch_from"].fillna(final["run_id"]).astype(str).to_numpy()
-    return final["run_id"].astype(str).to_numpy()
 
 
 def prior_from_study(study: Study, wsd: bool | None = None) -> Prior:
@@ -357,7 +349,7 @@ def format_precision(p: Precision) -> str:
 
 
 __all__ = ["Prior", "Precision", "Width", "prior_from_study", "prior_starts", "simulate", "format_precision",
-           "trunks_of", "prior_from_report"]
+           "prior_from_report"]
 
 
 def prior_module(prior: Prior, command: str) -> str:

@@ -45,6 +45,20 @@ def _design(depths=6, budgets=(6e5, 1.2e6, 2.4e6)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _toy_family():
+    """(rows, cost) of designs over six depths (1.5e4 to 2.5e6 parameters), one trunk per
+    depth, a cell costing 6 N D: what ``suggest`` takes."""
+    Ns = dict(zip(range(1, 7), np.geomspace(1.5e4, 2.5e6, 6)))
+
+    def rows(cells):
+        return pd.DataFrame([{"n_params": Ns[d], "tokens": T, "trunk": str(d)} for d, T in cells])
+
+    def cost(cells):
+        return float(sum(6 * Ns[d] * T for d, T in cells))
+
+    return rows, cost
+
+
 def _fresh(design: pd.DataFrame, rng) -> pd.DataFrame:
     """One fresh study of the design, its noise drawn here (normal), not by the simulator."""
     fin = design
@@ -135,14 +149,7 @@ def test_linear_widths_shrink_with_runs_and_suggest_narrows_the_goal():
     for k in ws:
         assert wb[k] < ws[k]
     # greedy: candidates are (depth index, budget); cost ~ N * T
-    Ns = dict(zip(range(1, 7), np.geomspace(1.5e4, 2.5e6, 6)))
-
-    def rows(cells):
-        return pd.DataFrame([{"n_params": Ns[d], "tokens": T, "trunk": str(d)} for d, T in cells])
-
-    def cost(cells):
-        return float(sum(6 * Ns[d] * T for d, T in cells))
-
+    rows, cost = _toy_family()
     base = [(d, T) for d in range(1, 7) for T in (6e5, 1.2e6)]
     cands = [(d, T) for d in range(1, 7) for T in (6e5, 1.2e6, 2.4e6, 4.8e6, 9.6e6)]
     s = suggest(prior, rows, cost, base, cands, K=4, goals=("E",))
@@ -208,14 +215,7 @@ def test_suggest_leaves_out_cells_below_the_priors_range():
     law was not seen there) and is named; one above the range may be."""
     prior = _prior()
     prior.range_N, prior.range_D = [1.5e4, 2.5e6], [6e5, 2.4e6]
-    Ns = dict(zip(range(1, 7), np.geomspace(1.5e4, 2.5e6, 6)))
-
-    def rows(cells):
-        return pd.DataFrame([{"n_params": Ns[d], "tokens": T, "trunk": str(d)} for d, T in cells])
-
-    def cost(cells):
-        return float(sum(6 * Ns[d] * T for d, T in cells))
-
+    rows, cost = _toy_family()
     base = [(d, T) for d in range(1, 7) for T in (6e5, 1.2e6)]
     cands = [(d, T) for d in range(1, 7) for T in (3e5, 6e5, 1.2e6, 2.4e6, 4.8e6)]
     s = suggest(prior, rows, cost, base, cands, K=6, goals=("E", "a_opt"))

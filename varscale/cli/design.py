@@ -10,7 +10,6 @@ the same way. Nothing is written.
 from __future__ import annotations
 
 import dataclasses
-import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -164,10 +163,6 @@ def load_prior(spec: str | None):
     raise C.UsageError(f"--prior {spec}: not a study folder or a fits.json")
 
 
-def fmt_flops(x: float) -> str:
-    return f"{x:.3g}" if x and math.isfinite(x) else "0"
-
-
 def _goals(spec: str) -> tuple[str, ...]:
     from analysis.design import FOR
 
@@ -186,8 +181,7 @@ def _widths_line(w: dict, goals: tuple[str, ...], labels: list[str]) -> str:
         key = "target" if q in labels else q
         if key not in goals:
             continue
-        unit = "" if q == "a_opt" else " of it"
-        parts.append(f"{q} {SHORT[m]} {v:.3g}{unit}" if q == "a_opt" else f"{q} {SHORT[m]} {100 * v:.0f}%{unit}")
+        parts.append(f"{q} {SHORT[m]} {v:.3g}" if q == "a_opt" else f"{q} {SHORT[m]} {100 * v:.0f}% of it")
     return ", ".join(parts)
 
 
