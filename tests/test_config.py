@@ -127,7 +127,7 @@ def test_removed_options_at_their_old_value_load_and_keep_the_hash():
 def test_validate_piped_into_head_exits_quietly():
     # the reader is gone before varscale writes a byte, so its first write hits a closed pipe
     # (what `| head` does to a longer output); without the handling that ends in a traceback
-    p = subprocess.Popen([sys.executable, "-m", "varscale.cli", "validate", str(ROOT / "runs" / "default")],
+    p = subprocess.Popen([sys.executable, "-m", "varscale.cli", "validate", str(ROOT / "runs" / "v1" / "default")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     p.stdout.close()
     err = p.stderr.read()

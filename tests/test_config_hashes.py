@@ -84,7 +84,7 @@ AFFECTS = {
 @pytest.mark.parametrize("decl", sorted(DECLARATIONS))
 @pytest.mark.parametrize("where", sorted(AFFECTS))
 def test_new_field_at_default_keeps_every_hash_and_set_changes_its_own(where, decl, monkeypatch):
-    study = "default"
+    study = "v1/default"
     base = load_study(ROOT / "runs" / study)
     with monkeypatch.context() as m:
         assert _hashes(_with_section(base, where, decl, 0, m), study) == _pinned(study)
@@ -109,19 +109,19 @@ def test_new_field_of_an_inactive_dataset_kind_keeps_every_hash(decl, monkeypatc
     monkeypatch.setitem(D.DATASETS, "folder", FolderX)
     monkeypatch.setitem(D.DATASETS, "procedural", ProcX)
     monkeypatch.setitem(D.DATASETS, "web", type("Web", (), {"Config": WebData}))
-    for study in ("default", "imagenet256-paper"):
+    for study in ("v1/default", "imagenet256-paper"):
         assert _hashes(load_study(ROOT / "runs" / study), study) == _pinned(study)
     # kinds share one flat namespace: a key declared by two kinds is an error at load
     monkeypatch.setitem(D.DATASETS, "web2", type("Web2", (), {"Config": WebData}))
     with pytest.raises(C.ConfigError, match="data.urls: declared by data kind 'web2' and by 'web'"):
-        load_study(ROOT / "runs" / "default")
+        load_study(ROOT / "runs" / "v1" / "default")
 
 
 @pytest.mark.parametrize("decl", sorted(DECLARATIONS))
 def test_new_cell_field_at_default_keeps_run_ids(decl, monkeypatch):
     monkeypatch.setattr(G, "CellConfig", _sub(G.CellConfig, decl))
-    cells = G.plan_cells(load_study(ROOT / "runs" / "default"), ROOT / "runs" / "default")
-    assert [c.run_id for c in cells] == PINS["default"]["run_ids"]
+    cells = G.plan_cells(load_study(ROOT / "runs" / "v1" / "default"), ROOT / "runs" / "v1" / "default")
+    assert [c.run_id for c in cells] == PINS["v1/default"]["run_ids"]
     c = cells[0]
     c.extra_option = 1
     assert c.hash() != c.run_id.rsplit("-", 1)[1]

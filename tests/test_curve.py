@@ -24,7 +24,7 @@ TPS = 64 * 30
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     d = make_curve_study(tmp_path_factory.mktemp("curve") / "study")
-    shutil.copy(ROOT / "runs/default/study.yaml", d / "study.yaml")  # predict --depth sizes from it
+    shutil.copy(ROOT / "runs/v1/default/study.yaml", d / "study.yaml")  # predict --depth sizes from it
     return d
 
 

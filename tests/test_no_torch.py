@@ -55,7 +55,7 @@ def env(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     d = make_study(tmp_path_factory.mktemp("nt") / "study", depths=(2, 3, 4, 6), budgets=(1e8, 1e9))
-    shutil.copy(ROOT / "runs/default/study.yaml", d / "study.yaml")  # predict / allocate size depths from it
+    shutil.copy(ROOT / "runs/v1/default/study.yaml", d / "study.yaml")  # predict / allocate size depths from it
     return d
 
 
@@ -120,7 +120,7 @@ def test_training_commands_name_the_extra(env, study, tmp_path):
     assert varscale(env, "run", "-h").returncode == 0  # the help needs nothing of it
     # an import of torch deep in a command's work: doctor reading a tokenizer checkpoint
     small = make_study(tmp_path / "small", depths=(2,), budgets=(1e8,), n_evals=2)
-    shutil.copy(ROOT / "runs/default/study.yaml", small / "study.yaml")
+    shutil.copy(ROOT / "runs/v1/default/study.yaml", small / "study.yaml")
     (small / "tokenizer").mkdir(exist_ok=True)
     (small / "tokenizer" / "vqvae.pt").write_bytes(b"not read without torch")
     r = varscale(env, "doctor", small)

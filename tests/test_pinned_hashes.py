@@ -17,7 +17,7 @@ PINS = json.loads((ROOT / "tests" / "data" / "pinned_hashes.json").read_text())
 
 
 def test_every_committed_study_is_pinned():
-    assert sorted(PINS) == sorted(p.parent.name for p in (ROOT / "runs").glob("*/study.yaml"))
+    assert sorted(PINS) == sorted(p.parent.relative_to(ROOT / "runs").as_posix() for p in (ROOT / "runs").glob("**/study.yaml"))
 
 
 @pytest.mark.parametrize("study", sorted(PINS))

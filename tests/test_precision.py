@@ -172,7 +172,7 @@ def test_plan_precision_and_suggest_commands(tmp_path, capsys):
     pilot = make_study(tmp_path / "pilot", depths=(2, 3, 4, 6, 8), budgets=(1e8, 3e8, 1e9))
     study = tmp_path / "new"
     study.mkdir()
-    (study / "study.yaml").write_text((Path(__file__).parents[1] / "runs/default/study.yaml")
+    (study / "study.yaml").write_text((Path(__file__).parents[1] / "runs/v1/default/study.yaml")
                                       .read_text())
     rc = main([str(study), "--no-write", "--precision", "--prior", str(pilot), "--sims", "6", "--sim-boot", "20",
                "--target", "depth=10,tokens=4.8e6"])
@@ -205,7 +205,7 @@ def test_built_in_prior_is_the_default_study_and_says_so(capsys):
     pr = builtin_prior()
     assert pr.builtin and set(pr.laws) == set(LOSSES)
     assert len(pr.trunk["test_loss_avg"]) == 6 and len(pr.run["test_loss_avg"]) == 18  # 6 depths, 18 branches
-    rc = main([str(Path(__file__).parents[1] / "runs/default"), "--no-write", "--precision", "--sims", "4", "--sim-boot", "20"])
+    rc = main([str(Path(__file__).parents[1] / "runs/v1/default"), "--no-write", "--precision", "--sims", "4", "--sim-boot", "20"])
     out = capsys.readouterr().out
     assert rc == 0 and "no --prior: simulating from the built-in prior, the default study" in out
 

@@ -36,7 +36,7 @@ NB = 40  # resamples: enough for the machinery, not for the calibration below
 def pilot(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pred") / "pilot"
     make_study(d, depths=(2, 3, 4, 6, 8), budgets=(1e8, 3e8, 1e9), law=LAW)
-    shutil.copy(ROOT / "runs/default/study.yaml", d / "study.yaml")  # for the command line
+    shutil.copy(ROOT / "runs/v1/default/study.yaml", d / "study.yaml")  # for the command line
     return d
 
 
@@ -242,7 +242,7 @@ def _target(pilot: Path, root: Path, capsys) -> Path:
     predictions from the pilot: ``varscale plan <target> --predict-from <pilot>``."""
     tgt = root / "tgt"
     tgt.mkdir()
-    text = (ROOT / "runs/default-holdout/study.yaml").read_text()
+    text = (ROOT / "runs/v1/default-holdout/study.yaml").read_text()
     (tgt / "study.yaml").write_text(text.replace("checkpoint: ../default/tokenizer/vqvae.pt", "steps: 10"))
     rc, out, _ = _cli(["plan", str(tgt), "--predict-from", str(pilot), "--n-boot", str(NB)], capsys)
     assert rc == 0 and "predicted by" in out and "wrote" in out and "commit it before any target trains" in out
@@ -304,8 +304,8 @@ def test_predictions_json_is_committed_not_ignored():
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     ign = lambda p: subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", p]).returncode == 0  # noqa: E731
-    assert not ign("runs/default-holdout/predictions.json") and not ign("runs/any-study/predictions.json")
-    assert ign("runs/default-holdout/plan.json") and ign("runs/default-holdout/cells/x/metrics/part-000000.parquet")
+    assert not ign("runs/v1/default-holdout/predictions.json") and not ign("runs/any-study/predictions.json")
+    assert ign("runs/v1/default-holdout/plan.json") and ign("runs/v1/default-holdout/cells/x/metrics/part-000000.parquet")
 
 
 def test_code_version_outside_a_git_checkout(monkeypatch):
@@ -465,7 +465,7 @@ def test_check_predictions_on_a_held_out_target(P, pilot, tmp_path, capsys):
     # predictions made by hand for runs that had trained: the numbers are checked, and no
     # target is pre-registered (its evaluations come first; no config was re-checked)
     tgt = make_study(tmp_path / "target", depths=(12,), budgets=(1e9, 3e9), law=LAW, rng_seed=5)
-    shutil.copy(ROOT / "runs/default/study.yaml", tgt / "study.yaml")
+    shutil.copy(ROOT / "runs/v1/default/study.yaml", tgt / "study.yaml")
     targets = [{"run_id": f"d12-t{b:.0e}-s0".replace("+", ""), "depth": 12, "n_params": float(n_params_of(12)),
                 "tokens": None, "flops": None} for b in (1e9, 3e9)]
     from analysis.load import final_rows, load
@@ -512,7 +512,7 @@ def test_check_predictions_on_a_held_out_target(P, pilot, tmp_path, capsys):
 
 def test_check_predictions_without_a_file(tmp_path, capsys):
     d = make_study(tmp_path / "none", depths=(2, 3), budgets=(1e8,))
-    shutil.copy(ROOT / "runs/default/study.yaml", d / "study.yaml")
+    shutil.copy(ROOT / "runs/v1/default/study.yaml", d / "study.yaml")
     for argv in (["check", str(d)], ["fit", str(d), "--check-predictions"]):
         rc, _, err = _cli(argv, capsys)
         assert rc == 2 and "--predict-from" in err and len(err.strip().splitlines()) == 1

@@ -143,7 +143,7 @@ def test_default_study_tokenizer_hash_survives_new_options():
     from varscale.config import load_study
     from varscale.tokenizer.checkpoint import config_hash
 
-    cfg = load_study(Path(__file__).resolve().parents[1] / "runs" / "default")
+    cfg = load_study(Path(__file__).resolve().parents[1] / "runs" / "v1" / "default")
     assert config_hash(cfg) == "21aa9356d949"  # the hash of the committed default study's trained tokenizer
 
 
