@@ -35,7 +35,7 @@ FRONTIER_ALL = "frontier (all evaluations)"
 FRONTIER_ANNEALED = "frontier (annealed runs)"
 # The floor is "not resolved" when its 95% interval reaches below half of E, toward 0. On
 # the default study a few percent of resamples put E at 0 (below 1% of E: 2.4% for L_last,
-# 2.1% for L_avg, `varscale fit runs/default`), right at the 2.5% quantile, so the interval's
+# 2.1% for L_avg, `varscale fit runs/v1/default`), right at the 2.5% quantile, so the interval's
 # lower end is an interpolation between 0 and the bulk (0.2 and 0.85 nats against E = 2.26
 # and 3.16): a test against 0 itself would call that resolved by luck of the draw.
 UNRESOLVED_FRACTION = 0.5

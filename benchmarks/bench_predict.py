@@ -6,9 +6,9 @@ calls that read it.
     .venv/bin/python benchmarks/bench_predict.py [STUDY] [--warm 5] [--n-boot 1000] [--keep]
 
 Target (prediction issue): <= 2 s for a warm call on an unchanged, already-fitted study.
-Without STUDY, a synthetic study the size of runs/default (``analysis.synthetic.make_study``:
+Without STUDY, a synthetic study the size of runs/v1/default (``analysis.synthetic.make_study``:
 depths 1-8, three token budgets, 8 evaluations per run) is written to a temporary folder
-with runs/default's study.yaml. The predictor files of STUDY are removed first, so the first
+with runs/v1/default's study.yaml. The predictor files of STUDY are removed first, so the first
 call is cold (``--keep``: leave them, the first call is then warm too). Also prints how long
 the command's imports take (``-X importtime``), the floor under any warm call.
 """
@@ -33,7 +33,7 @@ def synthetic_study(where: Path) -> Path:
 
     d = make_study(where / "default-synthetic", depths=(1, 2, 3, 4, 6, 8), budgets=(6e5, 1.2e6, 2.4e6),
                    unit="tokens", n_evals=8, tokens_per_step=64 * 30)
-    shutil.copy(ROOT / "runs/default/study.yaml", d / "study.yaml")
+    shutil.copy(ROOT / "runs/v1/default/study.yaml", d / "study.yaml")
     return d
 
 
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         cold, cold_cpu, r = call(cmd)
         warm = [call(cmd)[:2] for _ in range(a.warm)]
         wall, cpu = [w for w, _ in warm], [c for _, c in warm]
-        print(f"study: {study}{' (synthetic, the size of runs/default)' if tmp else ''}; "
+        print(f"study: {study}{' (synthetic, the size of runs/v1/default)' if tmp else ''}; "
               f"{os.cpu_count()} cores, load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after"
               + ("; PYTHONDONTWRITEBYTECODE is set: every call compiles the project's modules"
                  if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""))

@@ -174,9 +174,9 @@ class ProceduralData:
 
     RETIRED: ClassVar[dict[str, Retired]] = {
         # snapping every factor to n levels lowered the losses by ~0.5 nats but left the laws'
-        # bend as it was (docs/default_study.md, "Discrete factors"); 0 was continuous factors
+        # bend as it was (docs/default_study_v1.md, "Discrete factors"); 0 was continuous factors
         "factor_levels": Retired(0, "discrete factors lowered the losses but not the bend of the laws, "
-                                    "docs/default_study.md", hash="when_set"),
+                                    "docs/default_study_v1.md", hash="when_set"),
     }
 
     def check(self, path: str) -> list[str]:

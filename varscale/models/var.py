@@ -189,7 +189,7 @@ def pos_sincos_2d(patch_nums, C: int, std: float) -> torch.Tensor:
     and neighbours are linearly separable from the first step. The official code draws
     pos_1LC at random; with 8x8 latents every depth then sits for hundreds of steps on a
     plateau where it ignores the image content and predicts each scale's marginal codes;
-    this init shortens it (docs/default_study.md). Scaled to the per-element std of the
+    this init shortens it (docs/default_study_v1.md). Scaled to the per-element std of the
     official init so nothing else changes.
     """
     nf = max(1, C // 4)
