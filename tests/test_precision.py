@@ -204,8 +204,8 @@ def test_built_in_prior_is_the_default_study_and_says_so(capsys):
 
     pr = builtin_prior()
     assert pr.builtin and set(pr.laws) == set(LOSSES)
-    assert len(pr.trunk["test_loss_avg"]) == 6 and len(pr.run["test_loss_avg"]) == 18  # 6 depths, 18 branches
-    rc = main([str(Path(__file__).parents[1] / "runs/v1/default"), "--no-write", "--precision", "--sims", "4", "--sim-boot", "20"])
+    assert len(pr.trunk["test_loss_avg"]) == 6 and len(pr.run["test_loss_avg"]) == 16  # 6 depths, 16 branches
+    rc = main([str(Path(__file__).parents[1] / "runs/default"), "--no-write", "--precision", "--sims", "4", "--sim-boot", "20"])
     out = capsys.readouterr().out
     assert rc == 0 and "no --prior: simulating from the built-in prior, the default study" in out
 
