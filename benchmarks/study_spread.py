@@ -57,6 +57,7 @@ def numbers(study: Path, n_boot: int) -> dict:
         out[f"lolo {key}"] = h.lolo.err if h.lolo is not None else None
     df = load(study)
     c_max = float(df.loc[df["is_final"], "flops"].max())
+    out["largest run's compute C (FLOPs)"] = c_max
     P = fit_predictor(study, n_boot=n_boot)
     for m, s in LOSSES.items():
         al = rep.allocation.get(m)
@@ -65,7 +66,7 @@ def numbers(study: Path, n_boot: int) -> dict:
             out[f"a_opt {s} 95%"] = al.approach3.a_ci
         if m in P.chin:
             o = optimal_allocation(P, 10 * c_max, m)
-            out[f"N_opt {s} at 10x C ({10 * c_max:.3g})"] = o["N_opt"]
+            out[f"N_opt {s} at 10x C"] = o["N_opt"]
             out[f"N_opt {s} at 10x C 95%"] = o["N_opt_ci"]
             lo, hi = o["N_opt_ci"]
             out[f"N_opt {s} at 10x C upper/lower"] = hi / lo if lo > 0 else float("inf")
