@@ -4,15 +4,16 @@ The default study's design in miniature: per depth one stable run (wsd, no decay
 ``n_evals`` times from step ``min_step`` to its last step, and one decay branch per token
 budget (``decay_frac`` of the budget's steps, branched from the stable run) evaluated at its
 end; every cell's ``config.json`` holds its schedule, as ``varscale plan`` writes it. Each
-evaluation's L_avg is ``law`` (analysis/curve.py's form) at the run's N and areas, times a
-per-run and a per-evaluation log-normal factor; L_last is ``last_ratio`` x L_avg (the same
-law with E, A, B, C scaled), the error rates a fixed function of the loss. For the curve
-law's calibration (tests/test_curve.py) and demos.
+evaluation's L_avg is ``law`` (analysis/curve.py's onset law) at the run's N and areas, times a
+per-run and a per-evaluation log-normal factor; ``size_shift`` moves a depth's own onset and
+asymptote off the law in N (what the per-size law is for). L_last is ``last_ratio`` x L_avg
+(the same law with P, E, A scaled), the error rates a fixed function of the loss. For the
+curve law's calibration (tests/test_curve.py) and demos.
 """
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -20,27 +21,40 @@ import numpy as np
 
 from varscale.schema import RUN_SCHEMA, StudyLayout, atomic_write_json, write_part
 
-from .curve import DECAY, predict_law, schedule_areas
+from .curve import DECAY, Onset, _onset, schedule_areas
 from .synthetic import n_params_of
 
 
 @dataclass
 class CurveLaw:
-    E: float = 3.0
-    A: float = 0.8
-    alpha: float = 0.35
-    B: float = 0.6
-    beta: float = 0.45
-    C: float = 0.9
+    P: float = 5.7
+    b: float = 2.5
+    g: float = 0.4
+    k: float = 0.2
+    tau: float = 0.03
+    E: float = 3.6
+    A: float = 0.4
+    alpha: float = 0.4
+    s0: float = 0.6
+    gamma: float = 0.15
     last_ratio: float = 0.9
     run_noise: float = 0.002  # sd of the per-run log factor
     eval_noise: float = 0.002  # sd of the per-evaluation one
+    # depth -> (factor on its onset s_N, nats added to its asymptote E_N): off the law in N
+    size_shift: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def params(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in ("E", "A", "alpha", "B", "beta", "C")}
+        return {k: getattr(self, k) for k in Onset.PARAMS}
 
-    def loss(self, N, S1, S2):
-        return predict_law(self.params(), N, S1, S2)
+    def loss(self, N, S1, S2, depth: int | None = None):
+        """L_avg at N, S1, S2 (tokens); ``depth``: with that depth's ``size_shift``."""
+        fs, dE = self.size_shift.get(depth, (1.0, 0.0)) if depth is not None else (1.0, 0.0)
+        N, S1, S2 = (np.asarray(v, float) for v in (N, S1, S2))
+        n = N / 1e6
+        E_N = self.E + self.A * n ** -self.alpha + dE
+        lsd = np.log(self.s0 * fs) - self.gamma * np.log(n)
+        return _onset(self.P, self.P - E_N, self.b, self.g, lsd, self.k, self.tau,
+                      {"ls": np.log(S1 / 1e6), "a": S2 / 1e6})
 
 
 def _cell(total: int, decay_steps: int = 0, branch_from: str | None = None, branch_step: int | None = None,
@@ -87,7 +101,7 @@ def _write(layout, run_id, depth, N, cell, parent, evals, law, rng, tps, budget,
     rows = []
     for i, step in enumerate(evals):
         S1, S2 = a1[step - 1] * tps, a2[step - 1] * tps
-        L = float(law.loss(N, S1, S2)) * run_mult * np.exp(rng.normal(0, law.eval_noise))
+        L = float(law.loss(N, S1, S2, depth)) * run_mult * np.exp(rng.normal(0, law.eval_noise))
         D = int(step * tps)
         row = {"study": study, "run_id": run_id, "depth": depth, "width": 16 * depth, "heads": depth, "seed": 0,
                "budget_flops": 6.0 * N * budget, "budget_tokens": float(budget), "budget_unit": "tokens",
