@@ -191,6 +191,7 @@ def test_old_cell_config_files_load_and_match_a_replan(old, tmp_path):
     """config.json files written before the sections were typed (they carry the removed
     options and the other dataset kind's keys) load, and a re-plan finds them the same."""
     study, run_id = old.stem.split("--")
+    study = study.replace("+", "/")  # v1+default: runs/v1/default
     raw = json.loads(old.read_text())
     cell = CellConfig.from_dict(raw)
     assert cell.run_id == run_id and cell.hash() == run_id.rsplit("-", 1)[1]
