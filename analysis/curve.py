@@ -2,12 +2,8 @@
 
 Approach 3 sees one point per run (its final evaluation); a warmup-stable-decay study also
 evaluates each stable run 8 times along a 50x span of tokens, at the peak learning rate, and
-its decay branches end annealed. Tissue et al. (2024, "Scaling Law with Learning Rate
-Annealing") write a run's loss after s steps as L0 + A S1^-alpha - C S2 from two areas
-under its learning-rate schedule; with an N term (``docs/analysis.md``, "The loss-curve law",
-says why this form and not another, with the numbers):
-
-    L(N, s) = E + A (N / 1e6)^-alpha + B (S1 / 1e6)^-beta - C S2 / 1e6
+its decay branches end annealed. Each evaluation gets two areas under its learning-rate
+schedule (Tissue et al. 2024, "Scaling Law with Learning Rate Annealing"):
 
 - S1, the forward area: the sum over the first s updates of lr / peak, times the tokens of
   one step (tokens at the peak learning rate; a constant schedule gives S1 = D);
@@ -19,11 +15,26 @@ Both come from each cell's schedule (``Study.schedules``: its ``config.json``; a
 ran its stable run's first steps) through ``varscale.schedule``, the trainer's own code, so
 a target run under another schedule (cosine, another decay fraction) has areas too.
 
-Fitting: least squares of the relative residual (L_hat - L) / L over every evaluation,
-batched L-BFGS (``analysis.optim``) from a grid of starts; the bootstrap resamples whole runs
-(``StudyResample`` weights) restarting from the full fit; leave-one-branch-out (each decay
-branch's final evaluation predicted from everything else) and leave-largest-out (every run of
-the largest model held out) are batched the same way. Reads no file.
+The registered law, the onset law (``docs/analysis.md``, "The loss-curve law", says why this
+form, with the numbers): every run sits on a plateau P first and leaves it at an onset that
+comes earlier for a larger model; annealing multiplies what a run has gained below the
+plateau (S1, S2, s, tau in 1e6 tokens):
+
+    L = P - R_N (1 - (1 + (S1 / s_N)^beta_N)^-g) (1 + k S2 / (S2 + tau))
+
+:class:`OnsetSizes` gives each model size its own R_N, s_N, beta_N (P, g, k, tau shared): the
+per-size law, which predicts a held-out branch from its size's stable run and the other
+branches (leave-one-branch-out), and a target at a trained size. :class:`Onset` writes them as
+laws in N, R_N = P - E - A (N/1e6)^-alpha, s_N = s0 (N/1e6)^-gamma, one beta: the law in N, the
+reported parameters, which predicts a new size (leave-largest-out). Both are fitted on the
+evaluations :func:`fitted` keeps (a run's evaluations during its warmup left out). The
+earlier law, E + A (N/1e6)^-alpha + B (S1/1e6)^-beta - C S2/1e6 on every evaluation, stays
+as the variant "tissue" (``predict_law``, ``fit_law``).
+
+Fitting: least squares of the relative residual (L_hat - L) / L, batched L-BFGS
+(``analysis.optim``) from a grid of starts, analytic gradients (a :class:`Law` without them
+gets complex-step ones); the bootstrap resamples whole runs (``StudyResample`` weights)
+restarting from the full fit's two best minima. Reads no file.
 """
 from __future__ import annotations
 
@@ -428,9 +439,9 @@ def _onset_parts(P, R, b, g, lsd, k, tau, X):
 
 
 def _onset(P, R, b, g, lsd, k, tau, X):
-    """P - R u (1 + k S2 / (S2 + tau)), u = 1 - (1 + (S1 / s)^b)^-g: the stable curve leaves
+    """P - R u (1 + k S2 / (S2 + tau)), u = 1 - (1 + (S1 / s)^beta)^-g: the stable curve leaves
     the plateau P near S1 = s (ln s = ``lsd``, S1 in 1e6 tokens) and falls towards P - R,
-    as a power law of exponent b g once S1 >> s; annealing multiplies what it has gained
+    as a power law of exponent beta g once S1 >> s; annealing multiplies what it has gained
     below the plateau by 1 + kappa(S2), kappa saturating at k."""
     u = 1.0 - np.exp(-g * np.log1p(np.exp(b * (X["ls"] - lsd))))
     return P - R * u * (1.0 + k * X["a"] / (X["a"] + tau))
@@ -438,7 +449,7 @@ def _onset(P, R, b, g, lsd, k, tau, X):
 
 class OnsetSizes(Law):
     """The onset law with each size's own curve: the depth of its drop R_N (``lr`` = ln R_N),
-    its onset s_N (``lsd`` = ln s_N, 1e6 tokens) and steepness b_N (``lb`` = ln b_N); the
+    its onset s_N (``lsd`` = ln s_N, 1e6 tokens) and steepness beta_N (``lb`` = ln beta_N); the
     plateau P, the tail g and the annealing k, tau shared (``lg``, ``lk``, ``lt``: logs)."""
 
     name = "onset per size"
@@ -450,7 +461,7 @@ class OnsetSizes(Law):
                       np.exp(p["lt"]), X)
 
     def starts(self, X, y, w):
-        """P at the largest loss fitted and 0.3 above; b 1 / 3; g 0.3 / 1; k 0.1 / 0.4; tau
+        """P at the largest loss fitted and 0.3 above; beta 1 / 3; g 0.3 / 1; k 0.1 / 0.4; tau
         0.01 / 0.1 (1e6 tokens); per size R 1.5 / 4 x (P - its smallest loss) and s its
         median / largest S1 (128 starts)."""
         D, g = X["D"], X["g"]
@@ -487,10 +498,10 @@ class OnsetSizes(Law):
         return {k: th[ns + j * D: ns + (j + 1) * D] for j, k in enumerate(self.local)}
 
     def per_size(self, th, X) -> list[dict]:
-        """Each size's N, R_N, E_N = P - R_N, s_N (tokens) and b_N."""
+        """Each size's N, R_N, E_N = P - R_N, s_N (tokens) and beta_N."""
         v = self.local_values(th, X)
         return [{"n_params": float(n), "R": float(np.exp(lr)), "E": float(th[0] - np.exp(lr)),
-                 "s": float(S0 * np.exp(lsd)), "b": float(np.exp(lb))}
+                 "s": float(S0 * np.exp(lsd)), "beta": float(np.exp(lb))}
                 for n, lr, lsd, lb in zip(X["sizes"], v["lr"], v["lsd"], v["lb"])]
 
 
@@ -500,7 +511,7 @@ class Onset(Law):
 
     name = "onset"
     shared = ("P", "lb", "lg", "lk", "lt", "le", "la", "alpha", "ls0", "gamma")
-    PARAMS = ("P", "b", "g", "k", "tau", "E", "A", "alpha", "s0", "gamma")
+    PARAMS = ("P", "beta", "g", "k", "tau", "E", "A", "alpha", "s0", "gamma")
 
     def model(self, p, X):
         E = np.exp(p["le"]) + np.exp(p["la"] - p["alpha"] * X["ln"])
@@ -519,7 +530,7 @@ class Onset(Law):
                    "alpha": -uh * tA * X["ln"], "ls0": Rhuz * b, "gamma": -Rhuz * b * X["ln"]}
 
     def starts(self, X, y, w, sizes: np.ndarray | None = None):
-        """A grid (P at the largest loss fitted; b 1 / 3; g 0.3 / 1; k 0.2; tau 0.03; E 0.5 /
+        """A grid (P at the largest loss fitted; beta 1 / 3; g 0.3 / 1; k 0.2; tau 0.03; E 0.5 /
         0.8 x the smallest loss, A 0.2 / 1, alpha 0.3 / 0.8; s0 at the median / largest S1,
         gamma 0.15: 64 starts) and the starts from a per-size fit on the same points
         (``sizes``: its theta; default fitted here; :meth:`from_sizes`)."""
@@ -534,7 +545,7 @@ class Onset(Law):
         return np.concatenate([self.from_sizes(sizes, X, w), np.array(list(grid), float)])
 
     def from_sizes(self, th, X, w) -> np.ndarray:
-        """Starts from a per-size theta: its shared values and its sizes' median b, E + A
+        """Starts from a per-size theta: its shared values and its sizes' median beta, E + A
         N^-alpha fitted to its sizes' E_N (alpha on a grid, E and A linear; the best three)
         and ln s0 - gamma ln N to their ln s_N (the sizes with weight > 0)."""
         D = X["D"]
@@ -552,7 +563,7 @@ class Onset(Law):
             fits.append((float(((Z @ coef - E_d) ** 2).sum()), al, coef))
         fits.sort(key=lambda t: t[0])
         rows = [[*shared, np.log(max(E, 0.1)), np.log(max(A, 1e-3)), al, ls0, gam] for _, al, (E, A) in fits[:3]]
-        # and each with the logistic shape (g = 1) at the same tail exponent b g
+        # and each with the logistic shape (g = 1) at the same tail exponent beta g
         rows += [[r[0], r[1] + r[2], 0.0, *r[3:]] for r in rows]
         return np.array(rows)
 
@@ -567,13 +578,13 @@ class Onset(Law):
 
 
 def onset_law(params: dict, N, S1, S2) -> np.ndarray:
-    """The onset law (:class:`Onset`) at reported ``params`` (P, b, g, k, tau in 1e6 tokens,
+    """The onset law (:class:`Onset`) at reported ``params`` (P, beta, g, k, tau in 1e6 tokens,
     E, A, alpha, s0 in 1e6 tokens, gamma) for N, S1, S2 (tokens)."""
     N, S1, S2 = (np.asarray(v, float) for v in (N, S1, S2))
     n = N / N0
     E = params["E"] + params["A"] * n ** -params["alpha"]
     with np.errstate(all="ignore"):
-        return _onset(params["P"], params["P"] - E, params["b"], params["g"],
+        return _onset(params["P"], params["P"] - E, params["beta"], params["g"],
                       np.log(params["s0"]) - params["gamma"] * np.log(n), params["k"], params["tau"],
                       {"ls": np.log(S1 / S0), "a": S2 / S0})
 
@@ -618,9 +629,11 @@ class OnsetFit:
 
     def boot(self, W: np.ndarray, law: str = "N") -> np.ndarray:
         """Thetas (R, P) of the law refitted under the weights W (R, n) of the points, each
-        restarted from the full fit's two best distinct minima; nan where none converged."""
+        restarted from the full fit's two best distinct minima (at most 300 iterations, to a
+        relative decrease of 1e-9: a resample starts next to its minimum); nan where none
+        converged."""
         lw, ends, fs = (Onset(), self.ends, self.fs) if law == "N" else (OnsetSizes(), self.sizes_ends, self.sizes_fs)
-        return best_of(*fit_batched(lw, self.X, self.y, W, _distinct(ends, fs, 2)))[0]
+        return best_of(*fit_batched(lw, self.X, self.y, W, _distinct(ends, fs, 2), maxiter=300, ftol=1e-9))[0]
 
     def lobo(self) -> list[dict]:
         """Leave-one-branch-out with the per-size law: each decayed run held out, its final

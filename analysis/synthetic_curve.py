@@ -28,7 +28,7 @@ from .synthetic import n_params_of
 @dataclass
 class CurveLaw:
     P: float = 5.7
-    b: float = 2.5
+    beta: float = 2.5
     g: float = 0.4
     k: float = 0.2
     tau: float = 0.03
@@ -53,7 +53,7 @@ class CurveLaw:
         n = N / 1e6
         E_N = self.E + self.A * n ** -self.alpha + dE
         lsd = np.log(self.s0 * fs) - self.gamma * np.log(n)
-        return _onset(self.P, self.P - E_N, self.b, self.g, lsd, self.k, self.tau,
+        return _onset(self.P, self.P - E_N, self.beta, self.g, lsd, self.k, self.tau,
                       {"ls": np.log(S1 / 1e6), "a": S2 / 1e6})
 
 

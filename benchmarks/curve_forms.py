@@ -1,7 +1,9 @@
 """Which loss-curve law: candidate forms compared on a study's every evaluation.
 
     .venv/bin/python benchmarks/curve_forms.py STUDY [--metric test_loss_avg] [--only NAME ...]
-        [--csv PATH] [--tissue-variants]
+        [--csv PATH] [--tissue-variants] [--each]
+    .venv/bin/python benchmarks/curve_forms.py STUDY --replicate OTHER   (the runs' reproducibility)
+    .venv/bin/python benchmarks/curve_forms.py NEW_FOLDER --calibrate 12  (synthetic coverage)
 
 For each candidate (``CANDIDATES`` below), on the study's curve points
 (``analysis.curve.curve_points``: every evaluation of every run with its schedule's areas S1,
@@ -156,7 +158,7 @@ class SharedB(K.OnsetSizes):
         return np.concatenate([s[:, :1], s[:, 4 + 2 * D:5 + 2 * D], s[:, 1:4], s[:, 4:4 + 2 * D]], 1)
 
     def report(self, th, X):
-        return {"P": float(th[0]), "b": float(np.exp(th[1])), "g": float(np.exp(th[2])), "k": float(np.exp(th[3])),
+        return {"P": float(th[0]), "beta": float(np.exp(th[1])), "g": float(np.exp(th[2])), "k": float(np.exp(th[3])),
                 "tau": float(np.exp(th[4]))}
 
 
@@ -391,6 +393,53 @@ def _tissue_variants(pts, metric):
 # --------------------------------------------------------------------------- main
 
 
+def calibrate(n: int, root: str, n_boot: int = 200) -> None:
+    """``n`` synthetic studies of the default design from the known onset law
+    (``analysis.synthetic_curve``, 0.2% noise per run and per evaluation): how often each
+    parameter's 95% interval (``n_boot`` resamples of runs) holds the truth, the median
+    relative widths, and leave-one-branch-out of the per-size law beside the true law's own
+    misses of the same finals (the noise floor)."""
+    from analysis.bootstrap import StudyResample, percentile_ci
+    from analysis.synthetic_curve import CurveLaw, make_curve_study
+
+    law = CurveLaw()
+    names = K.Onset.PARAMS
+    truth = np.array([law.params()[k] for k in names])
+    hits, widths, lobo, oracle = [], [], [], []
+    for seed in range(n):
+        st = Study.load(make_curve_study(Path(root) / f"s{seed}", law=law, rng_seed=seed))
+        F = K.fit_onset(K.curve_points(st), "test_loss_avg")
+        W = StudyResample(F.points["run_id"], n_boot, seed).weights(F.points["run_id"])
+        lo, hi = percentile_ci(K.Onset().to_params(F.boot(W)))
+        hits.append((lo <= truth) & (truth <= hi))
+        widths.append((hi - lo) / np.abs(truth))
+        lobo.append(max(abs(e["rel_error"]) for e in F.lobo()))
+        d = F.points[F.points["annealed"]]
+        oracle.append(np.abs(law.loss(d["n_params"], d["S1"], d["S2"]) / d["test_loss_avg"] - 1).max())
+    print(f"{n} synthetic studies, {n_boot} resamples each: truth inside the 95% interval / median relative width")
+    for k, c, w in zip(names, np.sum(hits, 0), np.median(widths, 0)):
+        print(f"  {k:<6} {c:2d}/{n}  {100 * w:.1f}%")
+    print(f"LOBO max of the per-size law: median {100 * np.median(lobo):.2f}% (range {100 * min(lobo):.2f}-"
+          f"{100 * max(lobo):.2f}%); the true law's largest miss of the same finals: median "
+          f"{100 * np.median(oracle):.2f}% (range {100 * min(oracle):.2f}-{100 * max(oracle):.2f}%)")
+
+
+def replicate(a, b) -> dict:
+    """|relative difference| of each evaluation the two studies share (same run id and step):
+    the decayed finals and the other evaluations, per loss."""
+    pa, pb = K.curve_points(a), K.curve_points(b)
+    out = {}
+    for m in ("test_loss_avg", "test_loss_last"):
+        for kind, sel in (("decayed finals", True), ("other evaluations", False)):
+            x = pa[pa["annealed"] == sel].set_index(["run_id", "step"])[m]
+            y = pb[pb["annealed"] == sel].set_index(["run_id", "step"])[m]
+            r = (y / x.reindex(y.index) - 1).dropna().abs()
+            out[(m, kind)] = r
+            print(f"{m:<15} {kind:<18} {len(r):3d} shared: |difference| max {100 * r.max():.2f}% median "
+                  f"{100 * r.median():.2f}% rms {100 * np.sqrt((r ** 2).mean()):.2f}%")
+    return out
+
+
 def _worst(d):
     return max(d.values(), key=abs) if d else float("nan")
 
@@ -415,8 +464,16 @@ def main(argv=None):
     ap.add_argument("--no-approach3", action="store_true")
     ap.add_argument("--tissue-variants", action="store_true")
     ap.add_argument("--each", action="store_true", help="print every LOBO / LLO error of every candidate")
+    ap.add_argument("--replicate", help="another training of the same cells: print how far its evaluations are "
+                                         "from STUDY's (the runs' own reproducibility) and stop")
+    ap.add_argument("--calibrate", type=int, metavar="N", help="write N synthetic studies under STUDY (a new "
+                                                                 "folder), report the intervals' coverage and stop")
     a = ap.parse_args(argv)
+    if a.calibrate:
+        return calibrate(a.calibrate, a.study)
     st = Study.load(a.study)
+    if a.replicate:
+        return replicate(st, Study.load(a.replicate))
     pts = K.curve_points(st)
     out = []
     for m in a.metric or ["test_loss_avg", "test_loss_last"]:

@@ -1,7 +1,7 @@
 """The loss-curve law (analysis/curve.py) over every evaluation of every run whose schedule the
 study knows (losses only). ``variant`` "onset", the registered one:
 
-    L = P - (P - E_N) (1 - (1 + (S1 / s_N)^b)^-g) (1 + k S2 / (S2 + tau)),
+    L = P - (P - E_N) (1 - (1 + (S1 / s_N)^beta)^-g) (1 + k S2 / (S2 + tau)),
     E_N = E + A (N/1e6)^-alpha,  s_N = s0 (N/1e6)^-gamma
 
 fitted on the evaluations ``analysis.curve.fitted`` keeps (warmup evaluations of a run left
@@ -78,6 +78,10 @@ class Curve(FitForm):
             f.extra["lobo"] = _lobo_extra(each)
         if p["k"] <= 1e-6:
             f.warnings.append("annealing term k at 0: the decays show no gain the law can see")
+        s2 = float(d.loc[d["annealed"], "S2"].min()) / 1e6
+        if p["tau"] < 0.1 * s2:
+            f.warnings.append(f"tau {p['tau']:.2g} is below a tenth of the shortest decay's S2 ({s2:.3g}): every decay "
+                              "of the study's lengths gets the full gain k; tau and its interval are not measured")
         return [f]
 
     def _fit_tissue(self, s: Slice, metric: str) -> list[Fit]:
@@ -123,7 +127,7 @@ class Curve(FitForm):
             return (f"L = {params['E']:.4g} + {params['A']:.4g} (N/1e6)^-{params['alpha']:.3g}"
                     f" + {params['B']:.4g} (S1/1e6)^-{params['beta']:.3g} - {params['C']:.4g} S2/1e6")
         P = params["P"]
-        return (f"L = {P:.4g} - ({P:.4g} - E_N) (1 - (1 + (S1/s_N)^{params['b']:.3g})^-{params['g']:.3g})"
+        return (f"L = {P:.4g} - ({P:.4g} - E_N) (1 - (1 + (S1/s_N)^{params['beta']:.3g})^-{params['g']:.3g})"
                 f" (1 + {params['k']:.3g} S2/(S2 + {params['tau']:.3g})); E_N = {params['E']:.4g} + "
                 f"{params['A']:.4g} (N/1e6)^-{params['alpha']:.3g}; s_N = {params['s0']:.3g} "
                 f"(N/1e6)^-{params['gamma']:.3g} (S1, S2, s_N, tau in 1e6 tokens)")
