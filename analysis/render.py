@@ -275,8 +275,9 @@ def format_markdown(report: Report) -> str:
     md += _md_headline(report)
     md += ["", "## Every fit", "", _floor_caption(report) + ".", "",
            "VAR form: y = (k x)^alpha; saturating: y = E + (x0/x)^alpha; "
-           "chinchilla: L = E + A/N^alpha + B/D^beta; curve: L = E + A (N/1e6)^-alpha + B (S1/1e6)^-beta "
-           "- C S2/1e6 (S1, S2 in tokens).", "",
+           "chinchilla: L = E + A/N^alpha + B/D^beta; curve (onset law, docs/analysis.md): "
+           "L = P - (P - E_N) (1 - (1 + (S1/s_N)^beta)^-g) (1 + k S2/(S2 + tau)), E_N = E + A (N/1e6)^-alpha, "
+           "s_N = s0 (N/1e6)^-gamma (S1, S2 the areas under the lr schedule, in 1e6 tokens).", "",
            "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in table_rows(report):
         md.append("| " + " | ".join(c.replace("|", "/") for c in r) + " |")
