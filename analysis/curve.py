@@ -45,9 +45,9 @@ import pandas as pd
 
 from varscale.schedule import areas, history, schedule_of_cell
 
-from .curve_onset import (  # noqa: F401  (re-exported: the form and the tests reach them here)
-    N0, RULE, S0, Law, Onset, OnsetFit, OnsetSizes, _distinct, _law_each, _objective, _onset, fit_batched, fit_onset,
-    fit_sizes, fitted, inputs, onset_law)
+from .curve_onset import (  # noqa: F401  (RULE, Law, OnsetFit, fit_batched, onset_law: re-exported, in __all__)
+    N0, RULE, S0, Law, Onset, OnsetFit, OnsetSizes, _distinct, _law_each, fit_batched, fit_onset, fit_sizes, fitted,
+    inputs, onset_law)
 from .optim import minimize_batched
 
 DECAY = 0.999  # lambda: the per-step decay of the annealing momentum (Tissue et al.'s)

@@ -348,10 +348,6 @@ def format_precision(p: Precision) -> str:
     return "\n".join(out)
 
 
-__all__ = ["Prior", "Precision", "Width", "prior_from_study", "prior_starts", "simulate", "format_precision",
-           "prior_from_report"]
-
-
 def prior_module(prior: Prior, command: str) -> str:
     """The source of ``analysis/prior_default.py`` holding ``prior`` as the built-in one."""
     import pprint
@@ -383,6 +379,10 @@ def main(argv=None) -> int:
     pr.source = "the default study (runs/default), " + pr.note
     print(prior_module(pr, f"python -m analysis.precision {args[0]} > analysis/prior_default.py"), end="")
     return 0
+
+
+__all__ = ["Prior", "Precision", "Width", "prior_from_study", "prior_starts", "simulate", "format_precision",
+           "prior_from_report", "prior_module"]
 
 
 if __name__ == "__main__":

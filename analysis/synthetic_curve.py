@@ -21,7 +21,8 @@ import numpy as np
 
 from varscale.schema import RUN_SCHEMA, StudyLayout, atomic_write_json, write_part
 
-from .curve import DECAY, Onset, _onset, schedule_areas
+from .curve import DECAY, schedule_areas
+from .curve_onset import Onset, _onset
 from .synthetic import n_params_of
 
 

@@ -41,6 +41,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis import curve as K  # noqa: E402
+from analysis import curve_onset as O  # noqa: E402
 from analysis.chinchilla import extrapolation_check_chinchilla, fit_chinchilla  # noqa: E402
 from analysis.study import Study  # noqa: E402
 from varscale.schedule import history, schedule_of_cell  # noqa: E402
@@ -298,7 +299,7 @@ def candidate(study, pts, metric, name, sizes_law, global_law, rule):
     branches = sorted(set(ids[ann]))
     hold = np.array([ids == b for b in branches]).reshape(len(branches), len(ids))
     lobo = {e["run_id"]: e["rel_error"]
-            for e in K._law_each(d, metric, K.held_out_law(law, X, y, ann, hold, _ends_starts(ends, fs)))}
+            for e in O._law_each(d, metric, O.held_out_law(law, X, y, ann, hold, _ends_starts(ends, fs)))}
     llo = {}
     N = d["n_params"].to_numpy(float)
     big = N == N.max()

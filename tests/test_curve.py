@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from analysis import curve as K
+from analysis import curve_onset as O
 from analysis.bootstrap import StudyResample, percentile_ci
 from analysis.study import Study
 from analysis.synthetic import n_params_of
@@ -95,12 +96,12 @@ def test_analytic_gradients_match_the_complex_step():
                                       *np.log([0.9, 0.7, 0.6, 0.5]), *np.log([2.0, 2.5, 3.0, 2.2])]),
                     (K.Onset(), [5.7, 0.9, -0.9, -1.6, -3.0, 1.3, -1.0, 0.4, -0.5, 0.15])):
         th = np.tile(np.asarray(th, float), (3, 1)) + rng.normal(0, 0.05, (3, law.size(X["D"])))
-        f1, g1 = K._objective(law, X, y, W)(th, np.arange(3))
+        f1, g1 = O._objective(law, X, y, W)(th, np.arange(3))
 
         class Plain(type(law)):
             grads = None  # the complex step
 
-        f2, g2 = K._objective(Plain(), X, y, W)(th, np.arange(3))
+        f2, g2 = O._objective(Plain(), X, y, W)(th, np.arange(3))
         assert f1 == pytest.approx(f2, rel=1e-12)
         assert np.allclose(g1, g2, rtol=1e-7, atol=1e-12 * np.abs(g2).max())
 
