@@ -36,7 +36,7 @@ Then every finished target's observed final metrics (from the target's
 the observation lies in the 95% interval of a new run (``pi``) and of the law (``ci``), and
 per metric the mean absolute and the largest error, the coverage, and which term of the law
 the errors point to, by the fixed rule of :func:`analysis.diagnose.diagnose` (docs/prediction.md, "Which term
-is at fault"). :func:`write_check` writes ``report/predictions-check.{json,md}`` atomically.
+is at fault"). ``analysis.check_report`` renders it and writes ``report/predictions-check.{json,md}`` atomically.
 The predictions file is this module's own (read and written here); the studies' evaluations
 come in as Study objects.
 """
@@ -53,11 +53,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json, json_problem
+from varscale.schema import StudyLayout, atomic_write_json, json_problem
 
 from .diagnose import _diagnose
 from .load import METRICS
-from .predict import SHORT, PredictError, fit_hash, fitted_runs, rows_hash
+from .predict import EXTRAPOLATION_WARN, SHORT, PredictError, fit_hash, fitted_runs, rows_hash
 from .study import Study, as_study
 
 FORMAT = 2  # 2: rows_hash, code, run_sd, fitted tokens range, x_D, written to the microsecond
@@ -355,12 +355,12 @@ def check_predictions(study, pilot: Study | None = None, pilot_problem: str | No
         r = [x for x in rows if x["metric"] == m and x["err"] is not None]
         if not r:
             continue
-        e = np.array([x["err"] for x in r])
         d = _diagnose(rows, m, rec)
-        summary[m] = {"n": len(r), "mean_abs_err": float(np.abs(e).mean()), "max_abs_err": float(np.abs(e).max()),
-                      "mean_err": float(e.mean()), "coverage_pi": float(np.mean([x["in_pi"] for x in r])),
-                      "coverage_ci": float(np.mean([x["in_ci"] for x in r])), "diagnosis": d["text"],
-                      "term": d["term"], "also": d.get("also", [])}
+        summary[m] = {**_stats(r), "diagnosis": d["text"], "term": d["term"], "also": d.get("also", [])}
+        far = [x for x in r if _far(x)]
+        if far:  # the targets within 10x of the pilot's range are the claim; those beyond, apart
+            summary[m]["within_10x"] = _stats([x for x in r if not _far(x)])
+            summary[m]["beyond_10x"] = _stats(far)
     out = {"study": str(study_dir), "pilot": rec.get("pilot"), "fit_hash": rec.get("fit_hash"),
            "rows_hash": rec.get("rows_hash"), "written": rec.get("written"), "code": rec.get("code"),
            "study_config_hash": rec.get("study_config_hash"), "targets": len(rec["targets"]),
@@ -376,68 +376,26 @@ def check_predictions(study, pilot: Study | None = None, pilot_problem: str | No
     return out
 
 
-def _pct(v) -> str:
-    return "" if v is None else f"{100 * v:+.2f}%"
+def _far(row: dict) -> bool:
+    """A target more than 10x beyond the pilot's fitted range in N or in C (the targets
+    ``analysis.predict`` warns of): reported apart from the others."""
+    return any((row.get(k) or 0) > EXTRAPOLATION_WARN for k in ("x_N", "x_C"))
 
 
-def preregistration_line(c: dict) -> str:
-    """The summary line: how many started targets were pre-registered, and which were not."""
-    p = c["preregistration"]
-    if not p["started"]:
-        return "pre-registration: no target has trained yet"
-    bad = [t["run_id"] for t in p["targets"] if t["pre_registered"] is False]
-    if not bad:
-        return f"pre-registration: {p['pre_registered']} of {p['started']} trained targets pre-registered"
-    return (f"pre-registration: {len(bad)} of {p['started']} trained targets NOT pre-registered "
-            f"({', '.join(bad)})")
+def _half_width(row: dict, key: str) -> float | None:
+    lo, hi = row[key]
+    return None if lo is None or hi is None or not row["predicted"] else (hi - lo) / 2 / row["predicted"]
 
 
-def _yn(v) -> str:
-    return "" if v is None else ("yes" if v else "no")
+def _stats(r: list[dict]) -> dict[str, Any] | None:
+    """Errors, coverage and median interval half-width (over the prediction) of finished rows."""
+    if not r:
+        return None
+    e = np.array([x["err"] for x in r])
+    hw = {k: [h for h in (_half_width(x, k) for x in r) if h is not None] for k in ("pi", "ci")}
+    return {"n": len(r), "mean_abs_err": float(np.abs(e).mean()), "max_abs_err": float(np.abs(e).max()),
+            "mean_err": float(e.mean()), "coverage_pi": float(np.mean([x["in_pi"] for x in r])),
+            "coverage_ci": float(np.mean([x["in_ci"] for x in r])),
+            "median_half_width_pi": float(np.median(hw["pi"])) if hw["pi"] else None,
+            "median_half_width_ci": float(np.median(hw["ci"])) if hw["ci"] else None}
 
-
-def format_check(c: dict) -> str:
-    code = c.get("code") or {}
-    ver = (f", varscale {code.get('varscale')}" + (f" at {str(code['git_commit'])[:12]}" if code.get("git_commit") else "")
-           + (" (uncommitted changes)" if code.get("git_dirty") else "")) if code else ""
-    lines = [f"predictions for {c['study']} from {c['pilot']} (fit {c['fit_hash']}, rows {c.get('rows_hash')}, "
-             f"written {c['written']}{ver}): {c['finished']} of {c['targets']} target runs finished; "
-             + preregistration_line(c)[len("pre-registration: "):], ""]
-    pre = c["preregistration"]
-    head = ["run", "first evaluation", "after the predictions", "pilot unchanged", "config as predicted",
-            "pre-registered"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join("---" for _ in head) + "|")
-    for t in pre["targets"]:
-        first = "" if t["first_evaluation"] is None else f"{t['first_evaluation'][:19]}Z ({t['source']})"
-        state = ("not trained yet" if t["pre_registered"] is None else
-                 "yes" if t["pre_registered"] else "not pre-registered: " + "; ".join(t["why"]))
-        lines.append(f"| {t['run_id']} | {first} | {_yn(t['after'])} | {_yn(t['pilot_ok'])} | {_yn(t['config_ok'])} "
-                     f"| {state} |")
-    lines.append("")
-    head = ["run", "N", "tokens", "metric", "predicted", "95% new run", "observed", "error", "in"]
-    rows = []
-    for r in c["rows"]:
-        rows.append([r["run_id"], f"{r['n_params']:.3g}", f"{r['tokens']:.3g}", r["short"], f"{r['predicted']:.4f}",
-                     f"[{r['pi'][0]:.4f}, {r['pi'][1]:.4f}]",
-                     "" if r["observed"] is None else f"{r['observed']:.4f}", _pct(r["err"]),
-                     "" if r["in_pi"] is None else ("yes" if r["in_pi"] else "no")])
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join("---" for _ in head) + "|")
-    lines += ["| " + " | ".join(x) + " |" for x in rows]
-    if c["summary"]:
-        lines += ["", "| metric | runs | mean abs error | max abs error | mean error | in 95% new-run interval "
-                      "| in 95% law interval |", "|---|---|---|---|---|---|---|"]
-        for m, s in c["summary"].items():
-            lines.append(f"| {SHORT[m]} | {s['n']} | {100 * s['mean_abs_err']:.2f}% | {100 * s['max_abs_err']:.2f}% | "
-                         f"{100 * s['mean_err']:+.2f}% | {100 * s['coverage_pi']:.0f}% | {100 * s['coverage_ci']:.0f}% |")
-        lines += [""] + [f"- {s['diagnosis']}" for s in c["summary"].values() if s["diagnosis"]]
-    lines += [f"- note: {n}" for n in c["notes"]]
-    lines += ["", preregistration_line(c)]
-    return "\n".join(lines)
-
-
-def write_check(study_dir, c: dict) -> None:
-    lay = StudyLayout.of(study_dir)
-    atomic_write_json(lay.check_json, c)
-    atomic_write_bytes(lay.check_md, (format_check(c) + "\n").encode())

@@ -20,7 +20,8 @@ import pytest
 from analysis import predictor_cache as PC
 from analysis.allocate import allocate
 from analysis import check as CHK
-from analysis.check import check_predictions, format_check, parse_time, prediction_record, write_predictions
+from analysis.check import check_predictions, parse_time, prediction_record, write_predictions
+from analysis.check_report import format_check
 from analysis.predict import PredictError, fit_hash, fit_predictor, fitted_runs, predict, rows_hash
 from analysis.results import FloorEntry
 from analysis.study import Study
@@ -345,7 +346,8 @@ def test_predictions_written_after_a_first_evaluation_are_flagged(pilot, tmp_pat
     _train(tgt, t0=parse_time(rec["written"]) - dt.timedelta(minutes=5), only={early})  # evaluated before
     _train(tgt, only={t["run_id"] for t in rec["targets"]} - {early})
     rc, out, _ = _cli(["check", str(tgt)], capsys)
-    assert rc == 0
+    assert rc == 1  # a trained target not pre-registered fails the check, after writing it
+    assert (tgt / "report/predictions-check.json").exists()
     pre = _prereg(tgt)
     assert pre[early][0] is False and "is not after the predictions" in pre[early][1] and "row time" in pre[early][1]
     assert all(ok for r, (ok, _) in pre.items() if r != early)
@@ -426,7 +428,7 @@ def test_a_changed_pilot_row_is_flagged(pilot, tmp_path, capsys):
     rec = json.loads((tgt / "predictions.json").read_text())
     (tgt / "predictions.json").write_text(json.dumps({**rec, "pilot": str(tmp_path / "gone")}))
     rc, out, _ = _cli(["check", str(tgt)], capsys)
-    assert rc == 0 and "not re-checked" in out and all(ok is False for ok, _ in _prereg(tgt).values())
+    assert rc == 1 and "not re-checked" in out and all(ok is False for ok, _ in _prereg(tgt).values())
 
 
 def test_a_changed_target_config_is_flagged(pilot, tmp_path, capsys):
@@ -452,7 +454,7 @@ def test_a_changed_target_config_is_flagged(pilot, tmp_path, capsys):
     y.write_text(y.read_text().replace("base_lr: 3.2e-2", "base_lr: 3.0e-2"))
     rc, out, _ = _cli(["check", str(tgt)], capsys)
     pre = _prereg(tgt)
-    assert rc == 0 and all(ok is False and "study.yaml hashes to" in why and "no longer plans this run" in why
+    assert rc == 1 and all(ok is False and "study.yaml hashes to" in why and "no longer plans this run" in why
                            for ok, why in pre.values()), pre
     assert "6 of 6 trained targets NOT pre-registered" in out
     # and back as it was: pre-registered again (but the one cell's config.json)
@@ -487,25 +489,48 @@ def test_check_predictions_on_a_held_out_target(P, pilot, tmp_path, capsys):
     assert s["n"] == 2 and s["max_abs_err"] < 0.03
     assert s["term"] is None and "too few targets (2)" in s["diagnosis"]
     assert "L_avg" in format_check(c)
+    # the median half-width of the new-run interval, over the prediction, beside the errors
+    mine = [x for x in c["rows"] if x["metric"] == "test_loss_avg"]
+    hw = [(x["pi"][1] - x["pi"][0]) / 2 / x["predicted"] for x in mine]
+    assert s["median_half_width_pi"] == pytest.approx(float(np.median(hw))) and 0 < s["median_half_width_pi"] < 0.2
+    assert s["median_half_width_ci"] < s["median_half_width_pi"]
+    # a target more than 10x beyond the pilot's compute is summed up apart (and in the total)
+    assert "within_10x" not in s and "beyond 10x" not in format_check(c)
+    text = (tgt / "predictions.json").read_text()
+    rec = json.loads(text)
+    for t, x_C in zip(rec["targets"], (2.0, 12.0)):
+        t["x_C"] = x_C
+    (tgt / "predictions.json").write_text(json.dumps(rec))
+    c2 = check_predictions(Study.load(tgt), Study.load(pilot))
+    s2 = c2["summary"]["test_loss_avg"]
+    near, far = (next(x for x in c2["rows"] if x["run_id"] == t["run_id"] and x["metric"] == "test_loss_avg")
+                 for t in rec["targets"])
+    assert s2["n"] == 2 and s2["within_10x"]["n"] == 1 and s2["beyond_10x"]["n"] == 1
+    assert s2["within_10x"]["max_abs_err"] == pytest.approx(abs(near["err"]))
+    assert s2["beyond_10x"]["max_abs_err"] == pytest.approx(abs(far["err"]))
+    assert s2["max_abs_err"] == pytest.approx(max(abs(near["err"]), abs(far["err"])))
+    md = format_check(c2)
+    assert "| L_avg | within 10x | 1 |" in md and "| L_avg | beyond 10x | 1 |" in md and "| L_avg | all | 2 |" in md
+    (tgt / "predictions.json").write_text(text)
     rc, out, _ = _cli(["check", str(tgt)], capsys)
-    assert rc == 0 and "predictions-check.md" in out and (tgt / "report/predictions-check.json").exists()
+    assert rc == 1 and "predictions-check.md" in out and (tgt / "report/predictions-check.json").exists()
     assert out.startswith(f"predictions for {tgt} from {pilot}") and "- note:" not in out
     assert "2 of 2 trained targets NOT pre-registered" in out
     js = (tgt / "report/predictions-check.json").read_text()
     # the alias prints and writes the same
     rc, out2, _ = _cli(["fit", str(tgt), "--check-predictions"], capsys)
-    assert rc == 0 and out2 == out and (tgt / "report/predictions-check.json").read_text() == js
+    assert rc == 1 and out2 == out and (tgt / "report/predictions-check.json").read_text() == js
     rc, out, _ = _cli(["check", str(tgt), "--quiet"], capsys)
-    assert rc == 0 and out.startswith("wrote ")
+    assert rc == 1 and out.startswith("wrote ")
     # a pilot that moved: named with --pilot; one that is gone: a note, no re-check
     moved = tmp_path / "moved"
     shutil.copytree(pilot, moved, ignore=shutil.ignore_patterns("report"))
     rc, out, _ = _cli(["check", str(tgt), "--pilot", str(moved)], capsys)
-    assert rc == 0 and "- note:" not in out
+    assert rc == 1 and "- note:" not in out
     rec = json.loads((tgt / "predictions.json").read_text())
     (tgt / "predictions.json").write_text(json.dumps({**rec, "pilot": str(tmp_path / "gone")}))
     rc, out, _ = _cli(["check", str(tgt)], capsys)
-    assert rc == 0 and "not re-checked" in out
+    assert rc == 1 and "not re-checked" in out
     rc, _, err = _cli(["check", str(tgt), "--pilot", str(tmp_path / "nowhere")], capsys)
     assert rc == 2 and "no study folder" in err and len(err.strip().splitlines()) == 1
 

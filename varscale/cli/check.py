@@ -12,8 +12,10 @@ be made here, makes the run "not pre-registered" in the table and the summary li
 Then per target run and metric: the prediction, its 95% new-run interval, the observed final
 value, the signed relative error and whether it lies inside; per metric the mean and
 largest error, the coverage of both intervals and which term of the law the errors point
-to (a fixed rule: docs/prediction.md). Writes ``report/predictions-check.{json,md}``;
-``varscale fit <study> --check-predictions`` is this command. Fits nothing.
+to (a fixed rule: docs/prediction.md), with the targets more than 10x beyond the pilot's range
+apart. Writes ``report/predictions-check.{json,md}``; ``varscale fit <study>
+--check-predictions`` is this command. Fits nothing. Exits 1 when a trained target is not
+pre-registered (the table and files are written first), 2 on bad input, else 0.
 """
 from __future__ import annotations
 
@@ -84,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     C.check_study_dir(PROG, a.study_dir)
     if a.pilot:
         C.study_dir(a.pilot, need_yaml=False)
-    from analysis.check import (CheckError, check_predictions, format_check, preregistration_line, read_predictions,
-                                write_check)
+    from analysis.check import CheckError, check_predictions, read_predictions
+    from analysis.check_report import format_check, preregistration_line, write_check
     from analysis.load import SayDamagedParts
     from analysis.study import Study
 
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {lay.check_json} and {lay.check_md}")
     if a.quiet:
         print(preregistration_line(c))
-    return 0
+    # a target trained without its pre-registration holding fails the check, as a failing
+    # test does: a script or CI step running `varscale check` stops there
+    return 1 if any(t["pre_registered"] is False for t in c["preregistration"]["targets"]) else 0
 
 
 if __name__ == "__main__":
