@@ -307,6 +307,10 @@ def test_predictions_json_is_committed_not_ignored():
     ign = lambda p: subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", p]).returncode == 0  # noqa: E731
     assert not ign("runs/v1/default-holdout/predictions.json") and not ign("runs/any-study/predictions.json")
     assert ign("runs/v1/default-holdout/plan.json") and ign("runs/v1/default-holdout/cells/x/metrics/part-000000.parquet")
+    # the check of the predictions, once the targets trained, is committed beside them; the rest of report/ is not
+    for d in ("runs/default-holdout", "runs/v1/default-holdout", "runs/any-study"):
+        assert not ign(f"{d}/report/predictions-check.json") and not ign(f"{d}/report/predictions-check.md")
+        assert ign(f"{d}/report/fits.json") and ign(f"{d}/report/predictor-x.npz")
 
 
 def test_code_version_outside_a_git_checkout(monkeypatch):
