@@ -357,10 +357,10 @@ def check_predictions(study, pilot: Study | None = None, pilot_problem: str | No
             continue
         d = _diagnose(rows, m, rec)
         summary[m] = {**_stats(r), "diagnosis": d["text"], "term": d["term"], "also": d.get("also", [])}
-        far = [x for x in r if _far(x)]
-        if far:  # the targets within 10x of the pilot's range are the claim; those beyond, apart
-            summary[m]["within_10x"] = _stats([x for x in r if not _far(x)])
-            summary[m]["beyond_10x"] = _stats(far)
+        far = [_far(x, rec.get("fitted_range") or {}) for x in r]
+        if any(far):  # the targets within 10x of the pilot's range are the claim; those beyond, apart
+            summary[m]["within_10x"] = _stats([x for x, f in zip(r, far) if not f])
+            summary[m]["beyond_10x"] = _stats([x for x, f in zip(r, far) if f])
     out = {"study": str(study_dir), "pilot": rec.get("pilot"), "fit_hash": rec.get("fit_hash"),
            "rows_hash": rec.get("rows_hash"), "written": rec.get("written"), "code": rec.get("code"),
            "study_config_hash": rec.get("study_config_hash"), "targets": len(rec["targets"]),
@@ -376,10 +376,19 @@ def check_predictions(study, pilot: Study | None = None, pilot_problem: str | No
     return out
 
 
-def _far(row: dict) -> bool:
-    """A target more than 10x beyond the pilot's fitted range in N or in C (the targets
-    ``analysis.predict`` warns of): reported apart from the others."""
-    return any((row.get(k) or 0) > EXTRAPOLATION_WARN for k in ("x_N", "x_C"))
+def _far(row: dict, rng: dict) -> bool:
+    """A target more than 10x beyond the pilot's fitted range (``rng``, the record's
+    ``fitted_range``), above or below it, in N or in C: the targets ``analysis.predict`` warns
+    of, reported apart from the others. A record without the range: its x_N and x_C."""
+    for col, key, x in (("n_params", "n_params", "x_N"), ("flops", "flops", "x_C")):
+        lo, hi = (rng.get(key) or [None, None])[:2]
+        v = row.get(col)
+        if v and lo and hi:
+            if v > EXTRAPOLATION_WARN * hi or v < lo / EXTRAPOLATION_WARN:
+                return True
+        elif (row.get(x) or 0) > EXTRAPOLATION_WARN:
+            return True
+    return False
 
 
 def _half_width(row: dict, key: str) -> float | None:
@@ -398,4 +407,3 @@ def _stats(r: list[dict]) -> dict[str, Any] | None:
             "coverage_ci": float(np.mean([x["in_ci"] for x in r])),
             "median_half_width_pi": float(np.median(hw["pi"])) if hw["pi"] else None,
             "median_half_width_ci": float(np.median(hw["ci"])) if hw["ci"] else None}
-

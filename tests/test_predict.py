@@ -502,8 +502,8 @@ def test_check_predictions_on_a_held_out_target(P, pilot, tmp_path, capsys):
     assert "within_10x" not in s and "beyond 10x" not in format_check(c)
     text = (tgt / "predictions.json").read_text()
     rec = json.loads(text)
-    for t, x_C in zip(rec["targets"], (2.0, 12.0)):
-        t["x_C"] = x_C
+    rec["targets"][1]["flops"] = 12 * rec["fitted_range"]["flops"][1]  # 12x the pilot's largest compute
+    assert all(t["x_C"] < 10 and t["x_N"] < 10 for t in rec["targets"])
     (tgt / "predictions.json").write_text(json.dumps(rec))
     c2 = check_predictions(Study.load(tgt), Study.load(pilot))
     s2 = c2["summary"]["test_loss_avg"]
@@ -515,6 +515,10 @@ def test_check_predictions_on_a_held_out_target(P, pilot, tmp_path, capsys):
     assert s2["max_abs_err"] == pytest.approx(max(abs(near["err"]), abs(far["err"])))
     md = format_check(c2)
     assert "| L_avg | within 10x | 1 |" in md and "| L_avg | beyond 10x | 1 |" in md and "| L_avg | all | 2 |" in md
+    rec["targets"][1]["flops"] = rec["fitted_range"]["flops"][0] / 12  # and 12x below its smallest
+    (tgt / "predictions.json").write_text(json.dumps(rec))
+    s3 = check_predictions(Study.load(tgt), Study.load(pilot))["summary"]["test_loss_avg"]
+    assert s3["beyond_10x"]["max_abs_err"] == pytest.approx(abs(far["err"]))
     (tgt / "predictions.json").write_text(text)
     rc, out, _ = _cli(["check", str(tgt)], capsys)
     assert rc == 1 and "predictions-check.md" in out and (tgt / "report/predictions-check.json").exists()
