@@ -34,7 +34,9 @@ evaluation yet is "not trained yet".
 Then every finished target's observed final metrics (from the target's
 :class:`~analysis.study.Study`) against the predictions: the signed relative error, whether
 the observation lies in the 95% interval of a new run (``pi``) and of the law (``ci``), and
-per metric the mean absolute and the largest error, the coverage, and which term of the law
+per metric the mean absolute and the largest error, the coverage, the median half-width of
+each interval over its prediction (and, when some target lies more than 10x beyond the
+pilot's range, the same for the targets within 10x and for those beyond), and which term of the law
 the errors point to, by the fixed rule of :func:`analysis.diagnose.diagnose` (docs/prediction.md, "Which term
 is at fault"). ``analysis.check_report`` renders it and writes ``report/predictions-check.{json,md}`` atomically.
 The predictions file is this module's own (read and written here); the studies' evaluations
@@ -347,8 +349,7 @@ def check_predictions(study, pilot: Study | None = None, pilot_problem: str | No
             if o is not None and o.get(m) is not None and math.isfinite(float(o[m])):
                 v = float(o[m])
                 row.update(observed=v, err=(p["predicted"] - v) / v,
-                           in_pi=bool(p["pi"][0] is not None and p["pi"][0] <= v <= p["pi"][1]),
-                           in_ci=bool(p["ci"][0] is not None and p["ci"][0] <= v <= p["ci"][1]))
+                           in_pi=_inside(v, p["pi"]), in_ci=_inside(v, p["ci"]))
             rows.append(row)
     summary = {}
     for m in METRICS:
@@ -374,6 +375,12 @@ def check_predictions(study, pilot: Study | None = None, pilot_problem: str | No
     if out["finished"] < out["targets"]:
         out["notes"].append(f"{out['targets'] - out['finished']} of {out['targets']} target run(s) not finished yet")
     return out
+
+
+def _inside(v: float, iv) -> bool:
+    """Whether ``v`` lies in an interval; one with a missing (non-finite) bound holds nothing."""
+    lo, hi = iv
+    return lo is not None and hi is not None and lo <= v <= hi
 
 
 def _far(row: dict, rng: dict) -> bool:

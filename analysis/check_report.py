@@ -9,6 +9,10 @@ from varscale.schema import StudyLayout, atomic_write_bytes, atomic_write_json
 from .predict import SHORT
 
 
+def _num(v) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
 def _pct(v) -> str:
     return "" if v is None else f"{100 * v:+.2f}%"
 
@@ -52,7 +56,7 @@ def format_check(c: dict) -> str:
     rows = []
     for r in c["rows"]:
         rows.append([r["run_id"], f"{r['n_params']:.3g}", f"{r['tokens']:.3g}", r["short"], f"{r['predicted']:.4f}",
-                     f"[{r['pi'][0]:.4f}, {r['pi'][1]:.4f}]",
+                     f"[{_num(r['pi'][0])}, {_num(r['pi'][1])}]",
                      "" if r["observed"] is None else f"{r['observed']:.4f}", _pct(r["err"]),
                      "" if r["in_pi"] is None else ("yes" if r["in_pi"] else "no")])
     lines.append("| " + " | ".join(head) + " |")

@@ -519,6 +519,13 @@ def test_check_predictions_on_a_held_out_target(P, pilot, tmp_path, capsys):
     (tgt / "predictions.json").write_text(json.dumps(rec))
     s3 = check_predictions(Study.load(tgt), Study.load(pilot))["summary"]["test_loss_avg"]
     assert s3["beyond_10x"]["max_abs_err"] == pytest.approx(abs(far["err"]))
+    # an interval with a missing (non-finite, written as null) bound holds nothing, and prints blank
+    rec["targets"][0]["metrics"]["test_loss_avg"]["pi"][1] = None
+    (tgt / "predictions.json").write_text(json.dumps(rec))
+    c4 = check_predictions(Study.load(tgt), Study.load(pilot))
+    row = next(x for x in c4["rows"] if x["run_id"] == rec["targets"][0]["run_id"] and x["metric"] == "test_loss_avg")
+    assert row["in_pi"] is False and row["in_ci"] is near["in_ci"]
+    assert f"| L_avg | {row['predicted']:.4f} | [{row['pi'][0]:.4f}, ] |" in format_check(c4)
     (tgt / "predictions.json").write_text(text)
     rc, out, _ = _cli(["check", str(tgt)], capsys)
     assert rc == 1 and "predictions-check.md" in out and (tgt / "report/predictions-check.json").exists()
