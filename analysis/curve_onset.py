@@ -225,7 +225,9 @@ def _onset(P, R, b, g, lsd, k, tau, X):
     """P - R u (1 + k S2 / (S2 + tau)), u = 1 - (1 + (S1 / s)^beta)^-g: the stable curve leaves
     the plateau P near S1 = s (ln s = ``lsd``, S1 in 1e6 tokens) and falls towards P - R,
     as a power law of exponent beta g once S1 >> s; annealing multiplies what it has gained
-    below the plateau by 1 + kappa(S2), kappa saturating at k."""
+    below the plateau by 1 + kappa(S2), kappa saturating at k. (:func:`_onset_parts` is the
+    same value with its derivatives' pieces; this form is kept apart for its rounding, which
+    the documented fits were computed with.)"""
     u = 1.0 - np.exp(-g * np.log1p(np.exp(b * (X["ls"] - lsd))))
     return P - R * u * (1.0 + k * X["a"] / (X["a"] + tau))
 

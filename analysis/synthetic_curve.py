@@ -22,7 +22,7 @@ import numpy as np
 from varscale.schema import RUN_SCHEMA, StudyLayout, atomic_write_json, write_part
 
 from .curve import DECAY, schedule_areas
-from .curve_onset import Onset, _onset
+from .curve_onset import Onset, onset_law
 from .synthetic import n_params_of
 
 
@@ -50,12 +50,7 @@ class CurveLaw:
     def loss(self, N, S1, S2, depth: int | None = None):
         """L_avg at N, S1, S2 (tokens); ``depth``: with that depth's ``size_shift``."""
         fs, dE = self.size_shift.get(depth, (1.0, 0.0)) if depth is not None else (1.0, 0.0)
-        N, S1, S2 = (np.asarray(v, float) for v in (N, S1, S2))
-        n = N / 1e6
-        E_N = self.E + self.A * n ** -self.alpha + dE
-        lsd = np.log(self.s0 * fs) - self.gamma * np.log(n)
-        return _onset(self.P, self.P - E_N, self.beta, self.g, lsd, self.k, self.tau,
-                      {"ls": np.log(S1 / 1e6), "a": S2 / 1e6})
+        return onset_law({**self.params(), "E": self.E + dE, "s0": self.s0 * fs}, N, S1, S2)
 
 
 def _cell(total: int, decay_steps: int = 0, branch_from: str | None = None, branch_step: int | None = None,

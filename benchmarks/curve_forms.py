@@ -277,10 +277,6 @@ def mpl_inputs(study, d: pd.DataFrame, bins: int = 100) -> dict:
     return out
 
 
-def _ends_starts(ends, fs):
-    return K._distinct(ends, fs, 2)
-
-
 def candidate(study, pts, metric, name, sizes_law, global_law, rule):
     d = pts[pts[metric].notna()].reset_index(drop=True)
     if rule == "W":
@@ -299,7 +295,7 @@ def candidate(study, pts, metric, name, sizes_law, global_law, rule):
     branches = sorted(set(ids[ann]))
     hold = np.array([ids == b for b in branches]).reshape(len(branches), len(ids))
     lobo = {e["run_id"]: e["rel_error"]
-            for e in O._law_each(d, metric, O.held_out_law(law, X, y, ann, hold, _ends_starts(ends, fs)))}
+            for e in O._law_each(d, metric, O.held_out_law(law, X, y, ann, hold, K._distinct(ends, fs, 2)))}
     llo = {}
     N = d["n_params"].to_numpy(float)
     big = N == N.max()
